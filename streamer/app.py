@@ -1,0 +1,2 @@
+def run_worker(loglevel=None):
+    raise NotImplementedError

@@ -1,0 +1,82 @@
+"""The `streamer` command: worker, topics, schemas, settings admin, dead letters, local dev."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _bootstrap(args) -> str:
+    from streamer.config import Config
+
+    return args.bootstrap_servers or Config.from_env().bootstrap_servers
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="streamer", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("worker", help="run a stream-processing worker (configured by STREAMER_* env)")
+    p.add_argument("--loglevel", default=None)
+
+    p = sub.add_parser("dev", help="local Kafka (from Maven Central jars) and moto S3 on 127.0.0.1")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--kafka-port", type=int, default=9092)
+    p.add_argument("--s3-port", type=int, default=5000)
+
+    p = sub.add_parser("topics", help="topic definitions")
+    p.add_argument("action", choices=["apply", "list"])
+    p.add_argument("--bootstrap-servers", default=None)
+    p.add_argument("--prefix", default=None, help="topic name prefix (default STREAMER_TOPIC_PREFIX)")
+
+    p = sub.add_parser("schemas", help="write JSON Schemas to schemas/, or --check they are current")
+    p.add_argument("--check", action="store_true")
+    p.add_argument("--dir", default="schemas")
+
+    p = sub.add_parser("demo", help="run the main job on the local default with the sample events")
+    p.add_argument("--samples", default=None)
+    p.add_argument("--keep-running", action="store_true")
+
+    from streamer.admin_cli import add_admin_parsers
+
+    add_admin_parsers(sub)
+
+    args = parser.parse_args(argv)
+    if args.cmd == "worker":
+        from streamer.app import run_worker
+
+        run_worker(args.loglevel)
+    elif args.cmd == "dev":
+        from streamer.dev.local import dev_command
+
+        sys.exit(dev_command(args.action, args.kafka_port, args.s3_port))
+    elif args.cmd == "topics":
+        from streamer.config import Config
+
+        prefix = args.prefix if args.prefix is not None else Config.from_env().topic_prefix
+        if args.action == "list":
+            from topics import TOPICS
+
+            for t in TOPICS:
+                print(f"{prefix}{t.name:40} partitions={t.partitions} {t.configs.get('cleanup.policy')}  {t.purpose}")
+            return
+        from streamer.topics_admin import run_apply
+
+        sys.exit(run_apply(_bootstrap(args), prefix))
+    elif args.cmd == "schemas":
+        from streamer.schemas import write_or_check
+
+        stale = write_or_check(Path(args.dir), args.check)
+        if args.check and stale:
+            print("stale schemas (run `streamer schemas`): " + ", ".join(stale))
+            sys.exit(1)
+        print("schemas are current" if args.check else f"wrote {len(stale)} changed schema(s)")
+    elif args.cmd == "demo":
+        from streamer.demo import run_demo
+
+        sys.exit(run_demo(args.samples, args.keep_running))
+    else:
+        from streamer.admin_cli import run_admin
+
+        sys.exit(run_admin(args))

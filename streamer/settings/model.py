@@ -1,0 +1,150 @@
+"""Settings: workspace registrations, configurations, destinations, and the admin commands.
+
+Secret fields (`SecretStr` below) travel and rest only as `Encrypted` envelopes; the admin
+CLI encrypts them before a command is produced, so no plaintext secret ever reaches a topic.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+WorkspaceId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+PartnerId = WorkspaceId
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Encrypted(Strict):
+    """A secret encrypted with the deployment's key (AES-256-GCM), see streamer/settings/secrets.py."""
+
+    enc: Annotated[str, Field(pattern=r"^v1:[A-Za-z0-9_.-]+:[A-Za-z0-9_=-]+$")]
+
+
+class S3Destination(Strict):
+    type: Literal["s3"] = "s3"
+    bucket: Annotated[str, Field(min_length=3, max_length=63)]
+    region: str = "us-east-1"
+    prefix: str = ""
+    endpoint_url: str | None = Field(default=None, description="For S3-compatible stores.")
+    access_key_id: str | None = Field(default=None, description="None: the deployment's default AWS credentials.")
+    secret_access_key: Encrypted | None = None
+
+
+Provider = Literal["generic", "sumo", "datadog", "splunk"]
+
+
+class HttpDestination(Strict):
+    type: Literal["http"] = "http"
+    provider: Provider = "generic"
+    url: Annotated[str, Field(min_length=8, max_length=2048)]
+    headers: dict[str, str] = Field(default_factory=dict, description="Plain, non-secret headers.")
+    secret_headers: dict[str, Encrypted] = Field(default_factory=dict,
+                                                 description="Headers whose values are secrets (e.g. Authorization).")
+    api_key: Encrypted | None = Field(default=None, description="Datadog DD-API-KEY.")
+    token: Encrypted | None = Field(default=None, description="Splunk HEC token.")
+    gzip: bool = False
+    # Provider-specific fields; each provider reads only its own.
+    ddsource: str = "workato"
+    service: str = "audit-log"
+    ddtags: str = ""
+    hostname: str = ""
+    index: str | None = None
+    source: str | None = None
+    sourcetype: str = "_json"
+    host: str | None = None
+    sumo_category: str | None = None
+    sumo_name: str | None = None
+    sumo_host: str | None = None
+    sumo_fields: str | None = None
+
+    @field_validator("headers")
+    @classmethod
+    def _plain_headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if name.lower() in {"authorization", "dd-api-key", "x-api-key", "proxy-authorization", "cookie"}:
+                raise ValueError(f"header '{name}' carries a secret: put it in secret_headers, encrypted")
+        return v
+
+
+Destination = Annotated[Union[S3Destination, HttpDestination], Field(discriminator="type")]
+
+
+class Configuration(Strict):
+    """What to stream and where: one per partner (partner-wide) or per workspace."""
+
+    enabled: bool = True
+    jobs: Literal["off", "status", "details"] = "status"
+    user_activity: bool = True
+    template: str | None = Field(default=None, description="Custom message template (spec section 3).")
+    destination: Destination
+
+
+class Registration(Strict):
+    workspace_id: WorkspaceId
+    partner_id: PartnerId
+    role: Literal["customer", "admin"]
+    external_id: str | None = None
+
+
+class _Command(Strict):
+    command_id: Annotated[str, Field(min_length=8, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    issued_at: datetime
+    actor: Annotated[str, Field(min_length=1, max_length=200)]
+    key_id: Annotated[str, Field(min_length=1, max_length=64)]
+    signature: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class RegisterWorkspace(_Command):
+    type: Literal["register_workspace"]
+    workspace_id: WorkspaceId
+    partner_id: PartnerId
+    role: Literal["customer", "admin"]
+    external_id: str | None = None
+
+
+class UnregisterWorkspace(_Command):
+    type: Literal["unregister_workspace"]
+    workspace_id: WorkspaceId
+
+
+class PutPartnerConfig(_Command):
+    type: Literal["put_partner_config"]
+    partner_id: PartnerId
+    config: Configuration
+
+
+class DeletePartnerConfig(_Command):
+    type: Literal["delete_partner_config"]
+    partner_id: PartnerId
+
+
+class PutWorkspaceConfig(_Command):
+    type: Literal["put_workspace_config"]
+    workspace_id: WorkspaceId
+    config: Configuration
+
+
+class DeleteWorkspaceConfig(_Command):
+    type: Literal["delete_workspace_config"]
+    workspace_id: WorkspaceId
+
+
+Command = Annotated[
+    Union[RegisterWorkspace, UnregisterWorkspace, PutPartnerConfig, DeletePartnerConfig,
+          PutWorkspaceConfig, DeleteWorkspaceConfig],
+    Field(discriminator="type"),
+]
+
+
+class CommandResult(Strict):
+    command_id: str
+    status: Literal["accepted", "accepted_with_warning", "rejected"]
+    reason: str | None = None
+    warning: str | None = None
+    settings_version: int | None = Field(default=None, description="Settings table offset after the change.")
+    processed_at: datetime
