@@ -1,11 +1,97 @@
-"""Admin subcommands (`streamer settings ...`, `streamer dlq ...`)."""
+"""`streamer settings ...`: admin commands from the shell, signed with STREAMER_SIGNING_KEYS.
+
+Exit status: 0 accepted (a warning is printed), 1 rejected, 2 usage or connection error.
+Secrets are printed redacted.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from streamer.settings.secrets import redact
+
 
 def add_admin_parsers(sub) -> None:
-    pass
+    p = sub.add_parser("settings", help="register workspaces; put, get, list and delete configurations")
+    p.add_argument("--bootstrap-servers", default=None)
+    p.add_argument("--actor", default=None, help="who is acting (default: $USER)")
+    ss = p.add_subparsers(dest="action", required=True)
+    r = ss.add_parser("register", help="link a workspace to its partner")
+    r.add_argument("--workspace", required=True)
+    r.add_argument("--partner", required=True)
+    r.add_argument("--role", choices=["customer", "admin"], default="customer")
+    r.add_argument("--external-id", default=None)
+    u = ss.add_parser("unregister")
+    u.add_argument("--workspace", required=True)
+    for scope in ("partner", "workspace"):
+        put = ss.add_parser(f"put-{scope}", help=f"set a {scope} configuration from a JSON or YAML file")
+        put.add_argument(f"--{scope}", required=True)
+        put.add_argument("--file", required=True)
+        d = ss.add_parser(f"delete-{scope}")
+        d.add_argument(f"--{scope}", required=True)
+    g = ss.add_parser("get", help="show a workspace's or partner's settings (redacted)")
+    g.add_argument("--workspace")
+    g.add_argument("--partner")
+    ss.add_parser("list", help="list registrations and configurations (redacted)")
+
+
+def _load(path: str) -> dict:
+    text = Path(path).read_text()
+    return yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)
 
 
 def run_admin(args) -> int:
-    return 2
+    import getpass
+
+    from streamer.admin import AdminClient, read_settings
+    from streamer.config import Config
+
+    cfg = Config.from_env()
+    bootstrap = args.bootstrap_servers or cfg.bootstrap_servers
+    if args.action in ("get", "list"):
+        state = asyncio.run(read_settings(bootstrap, cfg.topic_prefix))
+        rows = []
+        for ws, e in sorted(state.workspaces.items()):
+            if args.action == "list" or ws == args.workspace:
+                rows.append({"workspace": ws, "registration": e.registration and e.registration.model_dump(mode="json"),
+                             "config": e.config and redact(e.config.model_dump(mode="json")),
+                             "effective": (state.effective(ws) or None) and state.effective(ws).destination_id})
+        for pid, p in sorted(state.partners.items()):
+            if args.action == "list" or pid == args.partner:
+                rows.append({"partner": pid, "config": redact(p.config.model_dump(mode="json"))})
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not cfg.signing_keys:
+        print("error: STREAMER_SIGNING_KEYS is not set", file=sys.stderr)
+        return 2
+    fields: dict
+    kind = {"register": "register_workspace", "unregister": "unregister_workspace",
+            "put-partner": "put_partner_config", "delete-partner": "delete_partner_config",
+            "put-workspace": "put_workspace_config", "delete-workspace": "delete_workspace_config"}[args.action]
+    if args.action == "register":
+        fields = {"workspace_id": args.workspace, "partner_id": args.partner, "role": args.role,
+                  "external_id": args.external_id}
+    elif args.action.endswith("partner"):
+        fields = {"partner_id": args.partner}
+    else:
+        fields = {"workspace_id": args.workspace}
+    if args.action.startswith("put-"):
+        fields["config"] = _load(args.file)
+
+    async def go():
+        async with AdminClient(bootstrap, cfg.topic_prefix, cfg.signing_keys, cfg.encryption_keys,
+                               actor=args.actor or getpass.getuser()) as admin:
+            return await admin.run(kind, **fields)
+
+    try:
+        result = asyncio.run(go())
+    except Exception as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(redact(result), indent=2))
+    return 1 if result["status"] == "rejected" else 0

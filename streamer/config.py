@@ -49,6 +49,7 @@ class Config:
     retry_base_s: float = 0.2
     retry_max_backoff_s: float = 300.0
     http_timeout_s: float = 10.0
+    delivery_deadline_s: float = 5.0
     destination_concurrency: int = 4
     breaker_failures: int = 5
     breaker_reset_s: float = 10.0
@@ -77,6 +78,7 @@ class Config:
             retry_base_s=float(_env("RETRY_BASE_S", str(cls.retry_base_s))),
             retry_max_backoff_s=float(_env("RETRY_MAX_BACKOFF_S", str(cls.retry_max_backoff_s))),
             http_timeout_s=float(_env("HTTP_TIMEOUT_S", str(cls.http_timeout_s))),
+            delivery_deadline_s=float(_env("DELIVERY_DEADLINE_S", str(cls.delivery_deadline_s))),
             destination_concurrency=int(_env("DESTINATION_CONCURRENCY", str(cls.destination_concurrency))),
             breaker_failures=int(_env("BREAKER_FAILURES", str(cls.breaker_failures))),
             breaker_reset_s=float(_env("BREAKER_RESET_S", str(cls.breaker_reset_s))),

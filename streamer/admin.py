@@ -1,0 +1,129 @@
+"""Admin client: build, sign and send settings commands, and wait for their results.
+
+Used by `streamer settings ...`, the demo and the tests. Plaintext secrets in a
+configuration file are encrypted here, before the command leaves the admin's machine, so
+the control topic only ever carries envelopes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+import topics as T
+from streamer.settings import secrets, signing
+from streamer.settings.state import SettingsState
+
+SECRET_FIELDS = ("api_key", "token", "secret_access_key")
+
+
+def encrypt_secrets(config: dict[str, Any], keys: dict[str, bytes]) -> dict[str, Any]:
+    """Return a copy of a configuration with plaintext secret fields encrypted."""
+    config = orjson.loads(orjson.dumps(config))
+    dest = config.get("destination") or {}
+    for name in SECRET_FIELDS:
+        if isinstance(dest.get(name), str):
+            dest[name] = {"enc": secrets.encrypt(dest[name], keys)}
+    for name, value in list((dest.get("secret_headers") or {}).items()):
+        if isinstance(value, str):
+            dest["secret_headers"][name] = {"enc": secrets.encrypt(value, keys)}
+    return config
+
+
+def build_command(kind: str, fields: dict[str, Any], actor: str, key_id: str, key: bytes,
+                  command_id: str | None = None, issued_at: datetime | None = None) -> dict[str, Any]:
+    body = {"type": kind, "command_id": command_id or f"cmd-{uuid.uuid4().hex}",
+            "issued_at": (issued_at or datetime.now(timezone.utc)).isoformat(), "actor": actor, **fields}
+    return signing.signed(body, key_id, key)
+
+
+class AdminClient:
+    def __init__(self, bootstrap_servers: str, prefix: str = "", signing_keys: dict[str, bytes] | None = None,
+                 encryption_keys: dict[str, bytes] | None = None, actor: str = "admin"):
+        self.bootstrap = bootstrap_servers
+        self.prefix = prefix
+        self.signing_keys = signing_keys or {}
+        self.encryption_keys = encryption_keys or {}
+        self.actor = actor
+        self._producer: AIOKafkaProducer | None = None
+
+    async def __aenter__(self) -> "AdminClient":
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        await self._producer.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._producer.stop()
+
+    def command(self, kind: str, **fields: Any) -> dict[str, Any]:
+        if "config" in fields:
+            fields["config"] = encrypt_secrets(fields["config"], self.encryption_keys)
+        key_id, key = next(iter(self.signing_keys.items()))
+        return build_command(kind, fields, self.actor, key_id, key)
+
+    async def send_raw(self, value: bytes) -> None:
+        await self._producer.send_and_wait(self.prefix + T.SETTINGS_COMMANDS, value)
+
+    async def send(self, command: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        """Send a command and wait for its result."""
+        start = await self._results_end()
+        await self.send_raw(orjson.dumps(command))
+        return await self.wait_result(command["command_id"], start, timeout)
+
+    async def run(self, kind: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+        return await self.send(self.command(kind, **fields), timeout)
+
+    async def _results_end(self) -> int:
+        c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
+        await c.start()
+        try:
+            tp = TopicPartition(self.prefix + T.SETTINGS_RESULTS, 0)
+            return (await c.end_offsets([tp]))[tp]
+        finally:
+            await c.stop()
+
+    async def wait_result(self, command_id: str, from_offset: int = 0, timeout: float = 30.0) -> dict[str, Any]:
+        tp = TopicPartition(self.prefix + T.SETTINGS_RESULTS, 0)
+        c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await c.start()
+        try:
+            c.assign([tp])
+            c.seek(tp, from_offset)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                for msgs in (await c.getmany(tp, timeout_ms=200)).values():
+                    for m in msgs:
+                        if m.key == command_id.encode():
+                            return orjson.loads(m.value)
+            raise TimeoutError(f"no result for command {command_id} within {timeout:.0f}s; is a worker running?")
+        finally:
+            await c.stop()
+
+
+async def read_settings(bootstrap_servers: str, prefix: str = "") -> SettingsState:
+    """Read the whole settings table once (for `streamer settings get/list`)."""
+    tp = TopicPartition(prefix + T.SETTINGS_TABLE, 0)
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    await c.start()
+    state = SettingsState()
+    try:
+        c.assign([tp])
+        end = (await c.end_offsets([tp]))[tp]
+        await c.seek_to_beginning(tp)
+        while end and await c.position(tp) < end:
+            for msgs in (await c.getmany(tp, timeout_ms=500)).values():
+                for m in msgs:
+                    state.apply(m.key, m.value, m.offset)
+    finally:
+        await c.stop()
+    return state
+
+
+def run(coro):
+    return asyncio.run(coro)

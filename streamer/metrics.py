@@ -1,0 +1,33 @@
+"""Prometheus metrics. Labels are bounded: kinds, destination types, outcomes, topic
+partitions; never workspace, destination or event ids, and never anything secret."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+events_consumed = Counter("streamer_events_consumed_total", "Raw audit records consumed", ["kind"], registry=REGISTRY)
+events_routed = Counter("streamer_events_routed_total", "Events routed to a delivery topic",
+                        ["kind", "destination_type"], registry=REGISTRY)
+events_skipped = Counter("streamer_events_skipped_total", "Events not streamed (no configuration, or not selected)",
+                         ["kind", "reason"], registry=REGISTRY)
+events_rejected = Counter("streamer_events_rejected_total", "Raw records sent to the rejected topic",
+                          ["kind"], registry=REGISTRY)
+deliveries = Counter("streamer_deliveries_total", "Deliveries by final outcome of a pass: delivered, parked "
+                     "(retry topic) or dead_lettered", ["destination_type", "outcome"], registry=REGISTRY)
+attempts = Counter("streamer_delivery_attempts_total", "Delivery attempts by result (ok, retryable, fatal)",
+                   ["destination_type", "result"], registry=REGISTRY)
+breakers_open = Gauge("streamer_breakers_open", "Destinations whose circuit breaker is open",
+                      ["destination_type"], registry=REGISTRY)
+latency = Histogram("streamer_delivery_latency_seconds", "From raw event produced to destination acknowledgement",
+                    ["destination_type"], registry=REGISTRY,
+                    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400))
+settings_commands = Counter("streamer_settings_commands_total", "Settings commands by result status",
+                            ["status"], registry=REGISTRY)
+settings_version = Gauge("streamer_settings_version", "Offset of the last settings row applied", registry=REGISTRY)
+settings_workspaces = Gauge("streamer_settings_workspaces", "Workspaces known to this worker", registry=REGISTRY)
+settings_partners = Gauge("streamer_settings_partner_configs", "Partner-wide configurations", registry=REGISTRY)
+settings_ready = Gauge("streamer_settings_ready", "1 once the settings view is complete", registry=REGISTRY)
+consumer_lag = Gauge("streamer_consumer_lag", "Records behind the end of each assigned partition",
+                     ["topic", "partition"], registry=REGISTRY)

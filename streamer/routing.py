@@ -1,0 +1,77 @@
+"""Routing one raw record: parse, resolve, filter, size rule, render, address. Pure.
+
+The result is either a `Delivery` record for a delivery topic, a `Rejection` for the
+rejected topic, or a `Skip` (unconfigured workspace, or an event kind the configuration
+does not select): skips are counted, not errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from streamer.events.parse import Event, Rejection, parse_event
+from streamer.keys import activity_key, job_key
+from streamer.settings.state import Route, SettingsState
+
+LINES_REPLACEMENT = "Log lines exceed size limit"
+
+
+@dataclass(slots=True)
+class Skip:
+    reason: str  # unconfigured | not_selected
+
+
+@dataclass(slots=True)
+class Routed:
+    delivery_type: str  # s3 | http
+    key: bytes  # destination id
+    value: bytes  # the rendered message
+    headers: list[tuple[str, bytes]]
+    workspace_id: str
+
+
+def object_key(event: Event, prefix: str) -> str:
+    b = event.body
+    if event.kind == "user_activity":
+        return activity_key(event.workspace_id, b["event"], event.event_id, event.occurred_at, prefix)
+    return job_key(event.workspace_id, b["recipe_id"], b["id"], b["status"], event.occurred_at, prefix)
+
+
+def message_json(event: Event, max_bytes: int) -> bytes | Rejection:
+    """The event as compact JSON, applying the size rule of spec 4.3."""
+    data = orjson.dumps(event.body)
+    if len(data) <= max_bytes:
+        return data
+    if event.kind == "job_details":
+        data = orjson.dumps({**event.body, "lines": LINES_REPLACEMENT})
+        if len(data) <= max_bytes:
+            return data
+    return Rejection(f"event is {len(data)} bytes as a message, over the {max_bytes} byte limit")
+
+
+def route(state: SettingsState, kind: str, value: bytes | None, key: bytes | None,
+          max_message_bytes: int, produced_ms: int = 0) -> Routed | Rejection | Skip:
+    event = parse_event(kind, value, key)
+    if isinstance(event, Rejection):
+        return event
+    target: Route | None = state.effective(event.workspace_id)
+    if target is None:
+        return Skip("unconfigured")
+    if not target.wants(kind):
+        return Skip("not_selected")
+    data = message_json(event, max_message_bytes)
+    if isinstance(data, Rejection):
+        return data
+    message = target.template.render(data) if target.template is not None else data
+    headers = [
+        ("dest", target.destination),
+        ("ws", event.workspace_id.encode()),
+        ("eid", event.event_id.encode()),
+        ("kind", kind.encode()),
+        ("ts", str(produced_ms).encode()),
+    ]
+    if target.destination_type == "s3":
+        headers.append(("okey", object_key(event, target.s3_prefix).encode()))
+    return Routed(target.destination_type, target.destination_id.encode(), message, headers, event.workspace_id)

@@ -1,0 +1,64 @@
+"""Applies settings commands: decide (pure), write the table row, wait until it is in force
+here, then publish the result. One worker at a time runs this (the commands topic has one
+partition), so commands apply in one total order.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable
+
+import orjson
+
+from streamer.settings.rules import Decision, Policy, cutoff, decide
+from streamer.settings.secrets import redact
+from streamer.settings.view import SettingsView
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[str, bytes, bytes | None], Awaitable[Any]]  # (topic, key, value) -> RecordMetadata
+
+
+class SettingsProcessor:
+    def __init__(self, view: SettingsView, send: Send, policy: Policy, table_topic: str, results_topic: str):
+        self.view, self.send, self.policy = view, send, policy
+        self.table_topic, self.results_topic = table_topic, results_topic
+
+    async def handle(self, raw: bytes | None, offset: int) -> dict[str, Any]:
+        await self.view.caught_up()
+        now = datetime.now(timezone.utc)
+        decision = decide(self.view.state, raw or b"", offset, self.policy, now)
+        if decision.previous_result is not None:
+            result = decision.previous_result
+        else:
+            result = await self._apply(decision, offset, now)
+        await self.send(self.results_topic, decision.command_id.encode(), orjson.dumps(result))
+        log.info("settings command %s %s%s", result["command_id"], result["status"],
+                 f": {result['reason']}" if result.get("reason") else "",
+                 extra={"command_id": result["command_id"], "status": result["status"]})
+        await self._expire_seen(now)
+        return result
+
+    async def _apply(self, d: Decision, offset: int, now: datetime) -> dict[str, Any]:
+        version = None
+        last = None
+        if d.row_key is not None and not d.already_applied:
+            md = await self.send(self.table_topic, d.row_key, orjson.dumps(d.row_value))
+            version = last = md.offset
+        result = {"command_id": d.command_id, "status": d.status, "reason": d.reason, "warning": d.warning,
+                  "settings_version": version if version is not None else max(self.view.state.version, 0),
+                  "processed_at": now.isoformat()}
+        if d.issued_at is not None:  # authentic: remember it, so a replay is refused
+            row = {"offset": offset, "issued_at": d.issued_at.isoformat(), "result": redact(result)}
+            md = await self.send(self.table_topic, f"cmd/{d.command_id}".encode(), orjson.dumps(row))
+            last = md.offset
+        if last is not None:
+            await self.view.wait_for(last)  # in force on this worker before anyone hears of it
+        return result
+
+    async def _expire_seen(self, now: datetime) -> None:
+        expired = [cid for cid, s in self.view.state.seen.items() if s.issued_at < cutoff(now, self.policy)]
+        for cid in expired[:100]:
+            self.view.state.seen.pop(cid, None)
+            await self.send(self.table_topic, f"cmd/{cid}".encode(), None)

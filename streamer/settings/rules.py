@@ -1,0 +1,181 @@
+"""Deciding a settings command: pure, given the current state. No I/O, so every rule is unit tested.
+
+The order of checks matters for security: the signature is verified on the raw JSON before
+anything else is trusted, then the model, then freshness and replay, then the rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+from streamer.settings import secrets, signing
+from streamer.settings.model import (Command, Configuration, DeletePartnerConfig, DeleteWorkspaceConfig,
+                                     HttpDestination, PutPartnerConfig, PutWorkspaceConfig, RegisterWorkspace,
+                                     Registration, S3Destination, UnregisterWorkspace)
+from streamer.settings.state import SettingsState
+from streamer.settings.urls import check_url
+from streamer.templates import try_compile
+
+_COMMAND = TypeAdapter(Command)
+
+
+@dataclass(frozen=True)
+class Policy:
+    signing_keys: dict[str, bytes]
+    encryption_keys: dict[str, bytes]
+    allow_private_destinations: bool
+    command_max_age_s: float
+
+
+@dataclass
+class Decision:
+    command_id: str
+    status: str  # accepted | accepted_with_warning | rejected
+    reason: str | None = None
+    warning: str | None = None
+    row_key: bytes | None = None  # the one state row this command writes
+    row_value: dict[str, Any] | None = None
+    issued_at: datetime | None = None  # set when the command is authentic: it is then recorded
+    previous_result: dict[str, Any] | None = None  # a re-delivered command: publish this again
+    already_applied: bool = False
+
+
+def _reject(command_id: str, reason: str, issued_at: datetime | None = None) -> Decision:
+    return Decision(command_id, "rejected", reason=reason, issued_at=issued_at)
+
+
+def _field_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    return f"field '{loc}': {first['msg']}" if loc else first["msg"]
+
+
+def check_configuration(config: Configuration, policy: Policy) -> tuple[str | None, str | None]:
+    """(reason to reject, warning)."""
+    for envelope in secrets.find_envelopes(config.model_dump(mode="json")):
+        try:
+            secrets.decrypt(envelope, policy.encryption_keys)
+        except secrets.SecretError as e:
+            return str(e), None
+    dest = config.destination
+    if isinstance(dest, HttpDestination):
+        reason = check_url(dest.url, policy.allow_private_destinations)
+        if reason:
+            return f"destination {reason}", None
+        if dest.provider == "datadog" and dest.api_key is None:
+            return "a datadog destination needs api_key", None
+        if dest.provider == "splunk" and dest.token is None:
+            return "a splunk destination needs token", None
+    elif isinstance(dest, S3Destination):
+        if dest.endpoint_url:
+            reason = check_url(dest.endpoint_url, policy.allow_private_destinations)
+            if reason:
+                return f"s3 endpoint {reason}", None
+        if (dest.access_key_id is None) != (dest.secret_access_key is None):
+            return "s3 credentials need both access_key_id and secret_access_key, or neither", None
+    _template, warning = try_compile(config.template)
+    return None, warning
+
+
+def decide(state: SettingsState, raw: bytes, offset: int, policy: Policy, now: datetime) -> Decision:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        return _reject("unknown", f"command is not valid JSON: {e}")
+    if not isinstance(body, dict):
+        return _reject("unknown", "command is not a JSON object")
+    command_id = str(body.get("command_id") or "unknown")[:128]
+    bad_signature = signing.verify(body, policy.signing_keys)
+    if bad_signature:
+        return _reject(command_id, bad_signature)
+    try:
+        cmd = _COMMAND.validate_python(body)
+    except ValidationError as e:
+        return _reject(command_id, f"malformed command: {_field_error(e)}")
+    if cmd.issued_at.tzinfo is None:
+        return _reject(command_id, "issued_at must carry a UTC offset")
+    age = (now - cmd.issued_at).total_seconds()
+    if abs(age) > policy.command_max_age_s:
+        return _reject(command_id, f"issued_at is {age:.0f}s from now, outside the allowed window of "
+                                   f"{policy.command_max_age_s:.0f}s")
+    seen = state.seen.get(cmd.command_id)
+    if seen is not None:
+        if seen.offset == offset:  # the same record again after a crash: answer as before
+            return Decision(cmd.command_id, "accepted", previous_result=seen.result,
+                            already_applied=seen.result is None, issued_at=cmd.issued_at)
+        return _reject(cmd.command_id, f"command id {cmd.command_id!r} was already used (replay refused)")
+
+    decision = _rules(state, cmd, policy)
+    decision.issued_at = cmd.issued_at
+    if decision.row_value is not None:
+        decision.row_value["command"] = {"id": cmd.command_id, "offset": offset,
+                                         "issued_at": cmd.issued_at.isoformat(), "actor": cmd.actor}
+    return decision
+
+
+def _rules(state: SettingsState, cmd, policy: Policy) -> Decision:
+    cid = cmd.command_id
+    if isinstance(cmd, RegisterWorkspace):
+        entry = state.workspaces.get(cmd.workspace_id)
+        if entry and entry.registration and entry.registration.partner_id != cmd.partner_id:
+            return _reject(cid, f"workspace {cmd.workspace_id} is registered to partner "
+                                f"{entry.registration.partner_id}; unregister it first")
+        reg = Registration(workspace_id=cmd.workspace_id, partner_id=cmd.partner_id, role=cmd.role,
+                           external_id=cmd.external_id)
+        config = entry.config if entry else None
+        return _accept(cid, f"ws/{cmd.workspace_id}", {"registration": reg.model_dump(mode="json"),
+                                                        "config": _dump(config)})
+    if isinstance(cmd, UnregisterWorkspace):
+        entry = state.workspaces.get(cmd.workspace_id)
+        if not entry or not entry.registration:
+            return _reject(cid, f"workspace {cmd.workspace_id} is not registered")
+        # Its own configuration goes too: a workspace re-registered later, maybe under
+        # another partner, must not inherit a destination chosen for it before.
+        return _accept(cid, f"ws/{cmd.workspace_id}", {"registration": None, "config": None})
+    if isinstance(cmd, PutWorkspaceConfig):
+        entry = state.workspaces.get(cmd.workspace_id)
+        if not entry or not entry.registration:
+            return _reject(cid, f"workspace {cmd.workspace_id} is not registered")
+        reg = entry.registration
+        if reg.role == "customer" and state.partner_wide_enabled(reg.partner_id):
+            return _reject(cid, f"partner {reg.partner_id} has partner-wide streaming enabled "
+                                f"(stream all customers), which overrides workspace settings; "
+                                f"disable it first")
+        reason, warning = check_configuration(cmd.config, policy)
+        if reason:
+            return _reject(cid, reason)
+        return _accept(cid, f"ws/{cmd.workspace_id}", {"registration": reg.model_dump(mode="json"),
+                                                        "config": _dump(cmd.config)}, warning)
+    if isinstance(cmd, DeleteWorkspaceConfig):
+        entry = state.workspaces.get(cmd.workspace_id)
+        if not entry or not entry.config:
+            return _reject(cid, f"workspace {cmd.workspace_id} has no configuration")
+        return _accept(cid, f"ws/{cmd.workspace_id}", {"registration": _dump(entry.registration), "config": None})
+    if isinstance(cmd, PutPartnerConfig):
+        reason, warning = check_configuration(cmd.config, policy)
+        if reason:
+            return _reject(cid, reason)
+        return _accept(cid, f"partner/{cmd.partner_id}", {"config": _dump(cmd.config)}, warning)
+    if isinstance(cmd, DeletePartnerConfig):
+        if cmd.partner_id not in state.partners:
+            return _reject(cid, f"partner {cmd.partner_id} has no partner-wide configuration")
+        return _accept(cid, f"partner/{cmd.partner_id}", {"config": None})
+    raise AssertionError(f"unhandled command {type(cmd).__name__}")
+
+
+def _accept(cid: str, key: str, row: dict, warning: str | None = None) -> Decision:
+    return Decision(cid, "accepted_with_warning" if warning else "accepted", warning=warning,
+                    row_key=key.encode(), row_value=row)
+
+
+def _dump(model) -> dict | None:
+    return None if model is None else model.model_dump(mode="json")
+
+
+def cutoff(now: datetime, policy: Policy) -> datetime:
+    return now - timedelta(seconds=2 * policy.command_max_age_s)

@@ -1,0 +1,151 @@
+"""The settings table as every worker holds it in memory, and effective-configuration lookup.
+
+Rows of the compacted table topic (key -> JSON value):
+  ws/<workspace id>      {"registration": {...}|null, "config": {...}|null, "command": {...}}
+  partner/<partner id>   {"config": {...}|null, "command": {...}}
+  cmd/<command id>       {"offset", "issued_at", "result"}   (replay protection; tombstoned when expired)
+
+Each row is the whole state of its key, written by one command, so a command is one atomic
+write. A configuration is turned into a `Route` once, when its row is applied, so the hot
+path is two dict lookups and no parsing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from streamer.settings.model import Configuration, Registration
+from streamer.templates import CompiledTemplate, try_compile
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """An enabled configuration, compiled for routing."""
+
+    destination_id: str  # "partner:<id>" or "workspace:<id>": the delivery topic key
+    scope: str
+    jobs: str  # off | status | details
+    user_activity: bool
+    template: CompiledTemplate | None
+    destination_type: str  # s3 | http
+    destination: bytes  # the destination as stored (secrets encrypted), sent with each delivery
+    s3_prefix: str = ""
+
+    def wants(self, kind: str) -> bool:
+        if kind == "user_activity":
+            return self.user_activity
+        if kind == "job_summary":
+            return self.jobs == "status"
+        return self.jobs == "details"
+
+
+def build_route(destination_id: str, scope: str, config: Configuration) -> Route | None:
+    if not config.enabled:
+        return None
+    dest = config.destination
+    template, _warning = try_compile(config.template)
+    return Route(destination_id=destination_id, scope=scope, jobs=config.jobs,
+                 user_activity=config.user_activity, template=template,
+                 destination_type=dest.type, destination=orjson.dumps(dest.model_dump(mode="json")),
+                 s3_prefix=getattr(dest, "prefix", "") or "")
+
+
+@dataclass(slots=True)
+class WorkspaceEntry:
+    registration: Registration | None
+    config: Configuration | None
+    route: Route | None
+    command_id: str | None
+
+
+@dataclass(slots=True)
+class PartnerEntry:
+    config: Configuration | None
+    route: Route | None
+    command_id: str | None
+
+
+@dataclass(slots=True)
+class SeenCommand:
+    offset: int
+    issued_at: datetime
+    result: dict[str, Any] | None  # None: the state row was written but not yet the cmd row
+
+
+@dataclass
+class SettingsState:
+    workspaces: dict[str, WorkspaceEntry] = field(default_factory=dict)
+    partners: dict[str, PartnerEntry] = field(default_factory=dict)
+    seen: dict[str, SeenCommand] = field(default_factory=dict)
+    version: int = -1  # offset of the last table row applied
+    key_offsets: dict[bytes, int] = field(default_factory=dict)
+
+    # -- applying table rows -------------------------------------------------------------
+    def apply(self, key: bytes, value: bytes | None, offset: int) -> None:
+        if offset <= self.key_offsets.get(key, -1):
+            return
+        self.key_offsets[key] = offset
+        self.version = max(self.version, offset)
+        kind, _, ident = key.decode().partition("/")
+        row = orjson.loads(value) if value is not None else None
+        if kind == "ws":
+            self._apply_workspace(ident, row)
+        elif kind == "partner":
+            self._apply_partner(ident, row)
+        elif kind == "cmd":
+            if row is None:
+                self.seen.pop(ident, None)
+            else:
+                self.seen[ident] = SeenCommand(row["offset"], datetime.fromisoformat(row["issued_at"]),
+                                               row["result"])
+        if row is not None and "command" in row:
+            cmd = row["command"]
+            if cmd["id"] not in self.seen:
+                self.seen[cmd["id"]] = SeenCommand(cmd["offset"], datetime.fromisoformat(cmd["issued_at"]), None)
+
+    def _apply_workspace(self, ws: str, row: dict | None) -> None:
+        if row is None or (row.get("registration") is None and row.get("config") is None):
+            self.workspaces.pop(ws, None)
+            return
+        reg = Registration.model_validate(row["registration"]) if row.get("registration") else None
+        config = Configuration.model_validate(row["config"]) if row.get("config") else None
+        route = build_route(f"workspace:{ws}", "workspace", config) if config else None
+        self.workspaces[ws] = WorkspaceEntry(reg, config, route, row.get("command", {}).get("id"))
+
+    def _apply_partner(self, partner: str, row: dict | None) -> None:
+        if row is None or row.get("config") is None:
+            self.partners.pop(partner, None)
+            return
+        config = Configuration.model_validate(row["config"])
+        route = build_route(f"partner:{partner}", "partner", config)
+        self.partners[partner] = PartnerEntry(config, route, row.get("command", {}).get("id"))
+
+    def forget_seen_before(self, cutoff: datetime) -> list[str]:
+        expired = [cid for cid, s in self.seen.items() if s.issued_at < cutoff]
+        for cid in expired:
+            del self.seen[cid]
+        return expired
+
+    # -- resolution (spec section 2) ------------------------------------------------------
+    def effective(self, workspace_id: str) -> Route | None:
+        """The configuration that governs this workspace's events, or None: not streamed.
+
+        1. the partner's enabled partner-wide configuration, whatever the workspace says;
+        2. else the workspace's own enabled configuration;
+        3. else nothing (an unregistered workspace is never streamed).
+        """
+        entry = self.workspaces.get(workspace_id)
+        if entry is None or entry.registration is None:
+            return None
+        partner = self.partners.get(entry.registration.partner_id)
+        if partner is not None and partner.route is not None:
+            return partner.route
+        return entry.route
+
+    def partner_wide_enabled(self, partner_id: str) -> bool:
+        p = self.partners.get(partner_id)
+        return p is not None and p.route is not None

@@ -1,0 +1,191 @@
+"""The delivery engine shared by the S3 and HTTP sink agents and the retry agent.
+
+For one batch of delivery records it groups by destination, delivers each group under that
+destination's concurrency limit and circuit breaker, retries a little in line, and hands
+everything it could not deliver to the retry topic (or, past the retry horizon or on a
+permanent error, to the dead-letter topic). It returns only when every record is durably
+somewhere: delivered, parked or dead-lettered. The agent acks the batch after that, so
+the commit always follows the hand-off.
+
+A group that is not done within the delivery deadline is cancelled and parked, so one
+hanging destination costs the others at most the deadline, once: after enough failures
+its breaker opens and its deliveries go straight to the retry topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import orjson
+
+from streamer import metrics
+from streamer.sinks.base import Delivery, Outcome, Sink, now_ms
+
+log = logging.getLogger(__name__)
+
+Produce = Callable[[str, bytes, bytes, list], Awaitable[None]]  # durable: returns once acked
+
+
+@dataclass
+class Breaker:
+    failures: int = 0
+    opened_at: float | None = None
+    half_open: bool = False
+
+    def allow(self, reset_s: float) -> bool:
+        if self.opened_at is None:
+            return True
+        if time.monotonic() - self.opened_at >= reset_s:
+            self.half_open = True  # one trial pass
+            return True
+        return False
+
+    def record(self, ok: bool, threshold: int) -> None:
+        if ok:
+            self.failures, self.opened_at, self.half_open = 0, None, False
+            return
+        self.failures += 1
+        if self.half_open or self.failures >= threshold:
+            self.opened_at, self.half_open = time.monotonic(), False
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened_at is not None
+
+
+@dataclass
+class EngineConfig:
+    retry_topic: str
+    dead_letter_topic: str
+    inline_retries: int = 2
+    retry_base_s: float = 0.2
+    retry_max_backoff_s: float = 300.0
+    retry_horizon_s: float = 7 * 24 * 3600.0
+    deadline_s: float = 5.0
+    breaker_failures: int = 5
+    breaker_reset_s: float = 10.0
+    destination_concurrency: int = 4
+
+
+def backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
+    """Exponential backoff with full jitter; Retry-After sets the earliest next try."""
+    delay = random.uniform(0, min(cap, base * (2 ** attempt)))
+    return max(delay, retry_after or 0.0)
+
+
+@dataclass
+class DeliveryEngine:
+    destination_type: str
+    sink: Sink
+    produce: Produce
+    cfg: EngineConfig
+    breakers: dict[str, Breaker] = field(default_factory=lambda: defaultdict(Breaker))
+    limits: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+
+    async def process(self, deliveries: list[Delivery]) -> None:
+        groups: dict[str, list[Delivery]] = defaultdict(list)
+        for d in deliveries:
+            groups[d.destination_id].append(d)
+        tasks = {asyncio.create_task(self._group(dest_id, items)): (dest_id, items)
+                 for dest_id, items in groups.items()}
+        done, slow = await asyncio.wait(tasks, timeout=self.cfg.deadline_s)
+        for task in slow:
+            task.cancel()
+        for task in slow:
+            dest_id, items = tasks[task]
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            self.breakers[dest_id].record(False, self.cfg.breaker_failures)
+            # Whatever the cancelled group had not settled is parked; a request that was in
+            # flight may still land, which at-least-once allows (S3 keys and the
+            # Idempotency-Key header make it harmless).
+            unsettled = [d for d in items if not d.settled]
+            await self._park(unsettled, f"destination did not answer within {self.cfg.deadline_s:g}s", None)
+        for task in done:
+            task.result()  # a bug here must surface, not vanish
+        self._export_breakers()
+
+    async def _group(self, dest_id: str, items: list[Delivery]) -> None:
+        breaker = self.breakers[dest_id]
+        if not breaker.allow(self.cfg.breaker_reset_s):
+            await self._park(items, "circuit breaker open", None)
+            return
+        destination = orjson.loads(items[0].destination)
+        limit = self.limits.setdefault(dest_id, asyncio.Semaphore(self.cfg.destination_concurrency))
+        pending = items
+        attempt = 0
+        while True:
+            async with limit:
+                outcomes = await self.sink.send(destination, pending)
+            retry: list[tuple[Delivery, Outcome]] = []
+            for d, o in zip(pending, outcomes):
+                d.attempts += 1
+                if o.ok:
+                    d.settled = True
+                    metrics.attempts.labels(self.destination_type, "ok").inc()
+                    metrics.deliveries.labels(self.destination_type, "delivered").inc()
+                    if d.produced_ms:
+                        metrics.latency.labels(self.destination_type).observe(max(0, now_ms() - d.produced_ms) / 1000)
+                elif not o.retryable:
+                    metrics.attempts.labels(self.destination_type, "fatal").inc()
+                    d.errors.append(o.error)
+                    await self._dead_letter([d], o.error)
+                else:
+                    metrics.attempts.labels(self.destination_type, "retryable").inc()
+                    d.errors.append(o.error)
+                    retry.append((d, o))
+            breaker.record(len(retry) < len(pending) or not pending, self.cfg.breaker_failures)
+            if not retry:
+                return
+            log.warning("delivery to %s failed: %s", dest_id, retry[0][1].error,
+                        extra={"destination_id": dest_id, "workspace_id": retry[0][0].workspace_id,
+                               "attempt": retry[0][0].attempts})
+            attempt += 1
+            retry_after = max((o.retry_after or 0.0) for _, o in retry)
+            delay = backoff(attempt, self.cfg.retry_base_s, self.cfg.retry_max_backoff_s, retry_after)
+            pending = [d for d, _ in retry]
+            if attempt > self.cfg.inline_retries or breaker.is_open or delay > self.cfg.deadline_s / 2:
+                await self._park(pending, retry[0][1].error, retry_after)
+                return
+            await asyncio.sleep(delay)
+
+    async def _park(self, items: list[Delivery], error: str, retry_after: float | None) -> None:
+        now = now_ms()
+        for d in items:
+            if not d.first_attempt_ms:
+                d.first_attempt_ms = now
+            if d.errors[-1:] != [error]:
+                d.errors.append(error)
+            if (now - d.first_attempt_ms) / 1000 >= self.cfg.retry_horizon_s:
+                await self._dead_letter([d], f"retry horizon of {self.cfg.retry_horizon_s:g}s exceeded; "
+                                             f"last error: {error}")
+                continue
+            delay = backoff(max(d.attempts, 1), self.cfg.retry_base_s * 5, self.cfg.retry_max_backoff_s, retry_after)
+            await self.produce(self.cfg.retry_topic, d.destination_id.encode(), d.message,
+                               d.headers(type=self.destination_type.encode(),
+                                         next=str(now + int(delay * 1000)).encode()))
+            d.settled = True
+            metrics.deliveries.labels(self.destination_type, "parked").inc()
+
+    async def _dead_letter(self, items: list[Delivery], error: str) -> None:
+        for d in items:
+            await self.produce(self.cfg.dead_letter_topic, d.destination_id.encode(), d.message,
+                               d.headers(type=self.destination_type.encode(), err=error[:2000].encode(),
+                                         dead=str(now_ms()).encode()))
+            d.settled = True
+            metrics.deliveries.labels(self.destination_type, "dead_lettered").inc()
+            log.error("delivery dead-lettered for %s: %s", d.destination_id, error,
+                      extra={"destination_id": d.destination_id, "workspace_id": d.workspace_id,
+                             "event_id": d.event_id})
+
+    def _export_breakers(self) -> None:
+        metrics.breakers_open.labels(self.destination_type).set(sum(1 for b in self.breakers.values() if b.is_open))
+

@@ -1,0 +1,44 @@
+"""Splunk HTTP Event Collector: event envelopes written back to back (no array, no commas),
+at most 1 MB per request; success is 200 with {"text":"Success","code":0}."""
+
+from __future__ import annotations
+
+import orjson
+
+from streamer.sinks.http.request import Encoded, Policy, batch, finish
+
+MAX_BYTES = 1_000_000
+
+
+def _success(status: int, body: bytes) -> bool:
+    if status != 200:
+        return False
+    try:
+        return orjson.loads(body).get("code") == 0
+    except (orjson.JSONDecodeError, AttributeError):
+        return False
+
+
+# 503 is HEC's "server busy" (code 9); 400/401/403 (codes 1-7, 10-14) are configuration errors.
+POLICY = Policy(success=_success, retry=lambda status: status in (408, 429) or status >= 500)
+
+
+def envelope(dest: dict, produced_ms: int, message: bytes) -> bytes:
+    head = {"time": round(produced_ms / 1000, 3) if produced_ms else None, "sourcetype": dest.get("sourcetype") or "_json"}
+    for field in ("host", "source", "index"):
+        if dest.get(field):
+            head[field] = dest[field]
+    if head["time"] is None:
+        del head["time"]
+    # `event` is the rendered message as a JSON value, spliced in as bytes.
+    return orjson.dumps(head)[:-1] + b',"event":' + message + b"}"
+
+
+def encode(dest: dict, headers: dict[str, str], deliveries) -> Encoded:
+    base = {"Content-Type": "application/json", **headers}
+    envelopes = [envelope(dest, d.produced_ms, d.message) for d in deliveries]
+    out = Encoded()
+    for items in batch((len(e) for e in envelopes), None, MAX_BYTES):
+        body = b"".join(envelopes[i] for i in items)
+        out.requests.append(finish(dest["url"], body, base, dest.get("gzip", False), items, deliveries))
+    return out
