@@ -314,4 +314,4 @@ def run_worker(loglevel: str | None = None) -> None:
     from faust.worker import Worker
 
     Worker(app, loglevel=loglevel or cfg.log_level, logging_config=logging_config(loglevel or cfg.log_level),
-           redirect_stdouts=False, override_logging=False).execute_from_commandline()
+           redirect_stdouts=False).execute_from_commandline()

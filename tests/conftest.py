@@ -84,3 +84,13 @@ def worker_factory(env, tmp_path):
 @pytest.fixture
 def samples() -> dict[str, bytes]:
     return {p.stem: p.read_bytes() for p in sorted(SAMPLES.glob("*.json"))}
+
+
+@pytest.fixture
+async def providers():
+    from tests.providers import ProviderServer
+
+    server = ProviderServer()
+    await server.start()
+    yield server
+    await server.stop()

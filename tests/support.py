@@ -135,3 +135,90 @@ def jloads(b: bytes):
 
 def uid() -> str:
     return uuid.uuid4().hex[:12]
+
+
+# -- settings and destinations -------------------------------------------------------------------
+
+def admin_for(env: dict):
+    from streamer.admin import AdminClient
+    from streamer.config import parse_keyring
+
+    return AdminClient(env["STREAMER_BOOTSTRAP_SERVERS"], env["STREAMER_TOPIC_PREFIX"],
+                       parse_keyring(env["STREAMER_SIGNING_KEYS"]), parse_keyring(env["STREAMER_ENCRYPTION_KEYS"]))
+
+
+def http_config(providers, provider: str, name: str, jobs: str = "status", user_activity: bool = True,
+                template: str | None = None, **dest) -> dict:
+    from tests.providers import DD_API_KEY, SPLUNK_TOKEN
+
+    destination = {"type": "http", "provider": provider, "url": providers.url(provider, name), **dest}
+    if provider == "datadog":
+        destination.setdefault("api_key", DD_API_KEY)
+    if provider == "splunk":
+        destination.setdefault("token", SPLUNK_TOKEN)
+    config = {"jobs": jobs, "user_activity": user_activity, "destination": destination}
+    if template is not None:
+        config["template"] = template
+    return config
+
+
+def s3_config(endpoint: str, bucket: str, jobs: str = "status", user_activity: bool = True, **dest) -> dict:
+    return {"jobs": jobs, "user_activity": user_activity,
+            "destination": {"type": "s3", "bucket": bucket, "endpoint_url": endpoint,
+                            "access_key_id": "testing", "secret_access_key": "testing", **dest}}
+
+
+async def accepted(admin, kind: str, **fields) -> dict:
+    result = await admin.run(kind, **fields)
+    assert result["status"] in ("accepted", "accepted_with_warning"), result
+    return result
+
+
+async def make_bucket(endpoint: str, bucket: str) -> None:
+    from aiobotocore.session import get_session
+
+    async with get_session().create_client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                                           aws_access_key_id="testing", aws_secret_access_key="testing") as s3:
+        await s3.create_bucket(Bucket=bucket)
+
+
+async def s3_objects(endpoint: str, bucket: str, expect: int, timeout: float = 30) -> dict[str, tuple[bytes, str]]:
+    """{key: (body, content type)} once `expect` objects exist (or at timeout)."""
+    from aiobotocore.session import get_session
+
+    async with get_session().create_client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                                           aws_access_key_id="testing", aws_secret_access_key="testing") as s3:
+        deadline = time.monotonic() + timeout
+        while True:
+            listing = await s3.list_objects_v2(Bucket=bucket)
+            keys = [o["Key"] for o in listing.get("Contents", [])]
+            if len(keys) >= expect or time.monotonic() > deadline:
+                out = {}
+                for k in keys:
+                    obj = await s3.get_object(Bucket=bucket, Key=k)
+                    out[k] = (await obj["Body"].read(), obj["ContentType"])
+                return out
+            await asyncio.sleep(0.3)
+
+
+def job_event(workspace: str | int, job_id: str | int, recipe_id: int = 1, status: str = "succeeded",
+              pad: int = 0, **extra) -> dict:
+    ws = int(workspace) if str(workspace).isdigit() else workspace
+    body = {"id": job_id, "recipe_id": recipe_id, "status": status, "title": "t" * pad,
+            "started_at": "2026-03-14T09:29:58-07:00", "completed_at": "2026-03-14T09:30:02-07:00",
+            "account_id": ws, "context": {"user_id": ws, "user_external_id": None, "recipe_id": recipe_id,
+                                          "job_id": job_id}}
+    body.update(extra)
+    return body
+
+
+def activity_event(workspace: str | int, event_id: str, event: str = "user_login") -> dict:
+    ws = int(workspace) if str(workspace).isdigit() else workspace
+    return {"id": event_id, "event": event, "timestamp": "2026-03-14 16:31:07 UTC",
+            "user": {"id": 1, "external_id": None}, "team": {"id": ws, "external_id": None}}
+
+
+def workspace_of(message: dict) -> str:
+    if "team" in message:
+        return str(message["team"]["id"])
+    return str(message["context"]["user_id"])

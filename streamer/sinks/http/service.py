@@ -46,7 +46,8 @@ class PublicOnlyResolver(AbstractResolver):
 def endpoint(dest: dict[str, Any]) -> str:
     url = dest["url"]
     path = DEFAULT_PATHS.get(dest.get("provider", "generic"))
-    if path and urlsplit(url).path in ("", "/"):
+    # Datadog and Splunk are configured by site / base URL, as their docs name them.
+    if path and not urlsplit(url).path.rstrip("/").endswith(path):
         return url.rstrip("/") + path
     return url
 
