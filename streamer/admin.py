@@ -115,7 +115,7 @@ async def read_settings(bootstrap_servers: str, prefix: str = "") -> SettingsSta
     try:
         c.assign([tp])
         end = (await c.end_offsets([tp]))[tp]
-        await c.seek_to_beginning(tp)
+        c.seek(tp, (await c.beginning_offsets([tp]))[tp])
         while end and await c.position(tp) < end:
             for msgs in (await c.getmany(tp, timeout_ms=500)).values():
                 for m in msgs:

@@ -57,6 +57,9 @@ app = faust.App(
     producer_linger_ms=5,
     producer_acks=-1,
     consumer_max_fetch_size=BIG,
+    # A worker killed with -9 keeps its partitions until the group notices: keep that short.
+    broker_session_timeout=cfg.session_timeout_s,
+    broker_heartbeat_interval=max(1.0, cfg.session_timeout_s / 4),
     broker_commit_every=1000,
     broker_commit_interval=1.0,
     stream_buffer_maxsize=8192,
@@ -280,6 +283,14 @@ async def ready(web, request):
     body = {"settings_ready": view.ready.is_set(), "broker_connected": fresh, "settings_version": view.state.version,
             "settings_rows_recovered": view.recovered_rows, "recovery_seconds": view.recovery_seconds}
     return web.json(body, status=200 if view.ready.is_set() and fresh else 503)
+
+
+@app.page("/settings")
+async def settings_status(web, request):
+    """This worker's view of the settings: version and a digest, never the settings themselves."""
+    state = view.state
+    return web.json({"ready": view.ready.is_set(), "version": state.version, "workspaces": len(state.workspaces),
+                     "partner_configs": len(state.partners), "digest": state.digest()})
 
 
 @app.page("/metrics")

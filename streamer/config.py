@@ -57,6 +57,7 @@ class Config:
     batch_linger_s: float = 0.5
     s3_endpoint_url: str | None = None
     shutdown_grace_s: float = 20.0
+    session_timeout_s: float = 10.0
     log_level: str = "info"
 
     @classmethod
@@ -86,6 +87,7 @@ class Config:
             batch_linger_s=float(_env("BATCH_LINGER_S", str(cls.batch_linger_s))),
             s3_endpoint_url=_env("S3_ENDPOINT_URL", "") or None,
             shutdown_grace_s=float(_env("SHUTDOWN_GRACE_S", str(cls.shutdown_grace_s))),
+            session_timeout_s=float(_env("SESSION_TIMEOUT_S", str(cls.session_timeout_s))),
             log_level=_env("LOG_LEVEL", cls.log_level),
         )
 

@@ -15,7 +15,6 @@ Each validator is also shown to reject a broken input.
 
 from __future__ import annotations
 
-import base64
 import copy
 import functools
 import json
@@ -744,7 +743,7 @@ def test_hadolint_rejects_a_careless_dockerfile(tmp_path):
     assert "DL3007" in result.stdout  # `latest` tag
 
 
-def test_dockerfile_builds_in_one_stage_and_runs_lean_as_non_root():
+def test_dockerfile_builds_in_a_build_stage_and_runs_lean_as_non_root():
     args = {}
     stages = _dockerfile_stages()
     assert len(stages) >= 2, "multi-stage build expected"

@@ -12,6 +12,7 @@ path is two dict lookups and no parsing.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -129,6 +130,17 @@ class SettingsState:
         for cid in expired:
             del self.seen[cid]
         return expired
+
+    def digest(self) -> str:
+        """A fingerprint of every registration and configuration, to compare workers' views."""
+        h = hashlib.sha256()
+        for ws in sorted(self.workspaces):
+            e = self.workspaces[ws]
+            h.update(orjson.dumps([ws, e.registration and e.registration.model_dump(mode="json"),
+                                   e.config and e.config.model_dump(mode="json")]))
+        for pid in sorted(self.partners):
+            h.update(orjson.dumps([pid, self.partners[pid].config.model_dump(mode="json")]))
+        return h.hexdigest()
 
     # -- resolution (spec section 2) ------------------------------------------------------
     def effective(self, workspace_id: str) -> Route | None:

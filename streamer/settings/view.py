@@ -41,7 +41,10 @@ class SettingsView:
                                           max_partition_fetch_bytes=8 * 1024 * 1024)
         await self._consumer.start()
         self._consumer.assign([self._tp])
-        await self._consumer.seek_to_beginning(self._tp)
+        # An explicit offset: seek_to_beginning is lazy, and position() right after it
+        # reports the end on aiokafka 0.14, which would skip the whole table.
+        begin = (await self._consumer.beginning_offsets([self._tp]))[self._tp]
+        self._consumer.seek(self._tp, begin)
         self._task = asyncio.create_task(self._run(), name="settings-view")
 
     async def stop(self) -> None:
