@@ -39,6 +39,64 @@ def add_admin_parsers(sub) -> None:
     g.add_argument("--partner")
     ss.add_parser("list", help="list registrations and configurations (redacted)")
 
+    d = sub.add_parser("dlq", help="list, inspect and replay dead letters")
+    d.add_argument("--bootstrap-servers", default=None)
+    d.add_argument("--actor", default=None)
+    ds = d.add_subparsers(dest="action", required=True)
+    for name, text in (("list", "dead letters matching the filters, one JSON line each"),
+                       ("replay", "send matching dead letters back to delivery (a signed command)")):
+        x = ds.add_parser(name, help=text)
+        x.add_argument("--workspace")
+        x.add_argument("--destination")
+        x.add_argument("--event-id", action="append", dest="event_ids")
+        x.add_argument("--since", type=_when, help="ISO-8601; dead-lettered at or after")
+        x.add_argument("--until", type=_when, help="ISO-8601; dead-lettered before")
+        x.add_argument("--limit", type=int, default=10_000)
+    i = ds.add_parser("inspect", help="one dead letter in full, with its message")
+    i.add_argument("--partition", type=int, required=True)
+    i.add_argument("--offset", type=int, required=True)
+
+
+def _when(text: str):
+    from datetime import datetime, timezone
+
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def run_dlq(args, cfg, bootstrap: str) -> int:
+    import getpass
+
+    from streamer.admin import AdminClient
+    from streamer.dlq import read_dead_letters
+    from topics import DEAD_LETTERS
+
+    topic = cfg.topic(DEAD_LETTERS)
+    if args.action == "inspect":
+        letters = asyncio.run(read_dead_letters(bootstrap, topic))
+        found = [d for d in letters if (d.partition, d.offset) == (args.partition, args.offset)]
+        if not found:
+            print("no such dead letter", file=sys.stderr)
+            return 1
+        print(json.dumps({**found[0].summary(), "message": found[0].value.decode("utf-8", "replace")}, indent=2))
+        return 0
+    filters = dict(workspace_id=args.workspace, destination_id=args.destination, event_ids=args.event_ids,
+                   since=args.since, until=args.until)
+    if args.action == "list":
+        for d in asyncio.run(read_dead_letters(bootstrap, topic, limit=args.limit, **filters)):
+            print(json.dumps(d.summary()))
+        return 0
+    fields = {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in filters.items() if v is not None}
+
+    async def go():
+        async with AdminClient(bootstrap, cfg.topic_prefix, cfg.signing_keys, cfg.encryption_keys,
+                               actor=args.actor or getpass.getuser()) as admin:
+            return await admin.run("replay_dead_letters", timeout=120, max_records=args.limit, **fields)
+
+    result = asyncio.run(go())
+    print(json.dumps(result, indent=2))
+    return 1 if result["status"] == "rejected" else 0
+
 
 def _load(path: str) -> dict:
     text = Path(path).read_text()
@@ -53,6 +111,8 @@ def run_admin(args) -> int:
 
     cfg = Config.from_env()
     bootstrap = args.bootstrap_servers or cfg.bootstrap_servers
+    if args.cmd == "dlq":
+        return run_dlq(args, cfg, bootstrap)
     if args.action in ("get", "list"):
         state = asyncio.run(read_settings(bootstrap, cfg.topic_prefix))
         rows = []

@@ -28,7 +28,7 @@ from streamer.config import Config
 from streamer.logs import logging_config
 from streamer.routing import Routed, Skip, route
 from streamer.events.parse import KIND_BY_TOPIC, Rejection
-from streamer.settings.processor import SettingsProcessor
+from streamer.settings.processor import ReplayTarget, SettingsProcessor
 from streamer.settings.rules import Policy
 from streamer.settings.view import SettingsView
 from streamer.sinks.base import Delivery, now_ms
@@ -163,7 +163,8 @@ policy = Policy(signing_keys=cfg.signing_keys, encryption_keys=cfg.encryption_ke
                 allow_private_destinations=cfg.allow_private_destinations,
                 command_max_age_s=cfg.command_max_age_s)
 processor = SettingsProcessor(view, produce_one, policy, cfg.topic(T.SETTINGS_TABLE),
-                              cfg.topic(T.SETTINGS_RESULTS))
+                              cfg.topic(T.SETTINGS_RESULTS),
+                              ReplayTarget(cfg.bootstrap_servers, cfg.topic(T.DEAD_LETTERS), DELIVERY_TOPIC, produce_all))
 
 
 @app.agent(commands_topic)
@@ -322,7 +323,25 @@ async def _close_sinks_on_stop():
 
 
 def run_worker(loglevel: str | None = None) -> None:
+    import os
+    import threading
+
     from faust.worker import Worker
 
-    Worker(app, loglevel=loglevel or cfg.log_level, logging_config=logging_config(loglevel or cfg.log_level),
+    class GracefulWorker(Worker):
+        """On SIGTERM Faust stops fetching, stops the agents and commits what was acked; a
+        batch still in flight is not acked, so it is processed again after the restart
+        (at least once). The watchdog bounds the whole shutdown by the grace period."""
+
+        def _on_sigterm(self) -> None:
+            def expire() -> None:
+                log.error("shutdown exceeded the %.0fs grace period; exiting", cfg.shutdown_grace_s)
+                os._exit(1)
+
+            timer = threading.Timer(cfg.shutdown_grace_s, expire)
+            timer.daemon = True
+            timer.start()
+            super()._on_sigterm()
+
+    GracefulWorker(app, loglevel=loglevel or cfg.log_level, logging_config=logging_config(loglevel or cfg.log_level),
            redirect_stdouts=False).execute_from_commandline()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -40,6 +41,7 @@ class Fault:
 class ProviderServer:
     def __init__(self) -> None:
         self.received: list[Received] = []
+        self.arrivals: list[tuple[float, object]] = []  # (wall time, item) as each item arrived
         self.requests: dict[str, int] = defaultdict(int)  # every request, faults included
         self.faults: dict[str, Fault] = defaultdict(Fault)
         self.violations: list[str] = []
@@ -49,6 +51,14 @@ class ProviderServer:
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def ids(self, name: str) -> list[str]:
+        """Event ids received by one destination (Datadog items are unwrapped)."""
+        out = []
+        for item in self.items(name):
+            msg = orjson.loads(item["message"]) if isinstance(item.get("message"), str) else item
+            out.append(str(msg.get("id")))
+        return out
 
     def url(self, provider: str, name: str) -> str:
         return {"generic": f"{self.base}/generic/{name}", "sumo": f"{self.base}/sumo/{name}",
@@ -63,7 +73,7 @@ class ProviderServer:
             await asyncio.sleep(0.1)
         return self.items(name)
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/generic/{name}", self._generic)
         app.router.add_post("/sumo/{name}", self._sumo)
@@ -71,7 +81,7 @@ class ProviderServer:
         app.router.add_post("/splunk/{name}/services/collector/event", self._splunk)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
 
@@ -104,6 +114,8 @@ class ProviderServer:
 
     def _record(self, provider: str, request: web.Request, items: list, size: int) -> None:
         self.received.append(Received(provider, request.match_info["name"], dict(request.headers), items, size))
+        now = time.time()
+        self.arrivals.extend((now, item) for item in items)
 
     async def _generic(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

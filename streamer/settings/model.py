@@ -134,9 +134,21 @@ class DeleteWorkspaceConfig(_Command):
     workspace_id: WorkspaceId
 
 
+class ReplayDeadLetters(_Command):
+    """Send chosen dead letters back into delivery, to the workspace's current destination."""
+
+    type: Literal["replay_dead_letters"]
+    workspace_id: WorkspaceId | None = None
+    destination_id: str | None = None
+    event_ids: list[str] | None = None
+    since: datetime | None = Field(default=None, description="Dead-lettered at or after.")
+    until: datetime | None = Field(default=None, description="Dead-lettered before.")
+    max_records: int = Field(default=10_000, ge=1, le=1_000_000)
+
+
 Command = Annotated[
     Union[RegisterWorkspace, UnregisterWorkspace, PutPartnerConfig, DeletePartnerConfig,
-          PutWorkspaceConfig, DeleteWorkspaceConfig],
+          PutWorkspaceConfig, DeleteWorkspaceConfig, ReplayDeadLetters],
     Field(discriminator="type"),
 ]
 
@@ -147,4 +159,7 @@ class CommandResult(Strict):
     reason: str | None = None
     warning: str | None = None
     settings_version: int | None = Field(default=None, description="Settings table offset after the change.")
+    replayed: int | None = Field(default=None, description="Dead letters sent back to delivery (replay only).")
+    skipped: int | None = Field(default=None, description="Matching dead letters whose workspace has no "
+                                                          "destination of the same type now (replay only).")
     processed_at: datetime

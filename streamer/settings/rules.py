@@ -15,7 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from streamer.settings import secrets, signing
 from streamer.settings.model import (Command, Configuration, DeletePartnerConfig, DeleteWorkspaceConfig,
-                                     HttpDestination, PutPartnerConfig, PutWorkspaceConfig, RegisterWorkspace,
+                                     HttpDestination, PutPartnerConfig, PutWorkspaceConfig, RegisterWorkspace, ReplayDeadLetters,
                                      Registration, S3Destination, UnregisterWorkspace)
 from streamer.settings.state import SettingsState
 from streamer.settings.urls import check_url
@@ -43,6 +43,7 @@ class Decision:
     issued_at: datetime | None = None  # set when the command is authentic: it is then recorded
     previous_result: dict[str, Any] | None = None  # a re-delivered command: publish this again
     already_applied: bool = False
+    replay: ReplayDeadLetters | None = None  # the processor re-sends matching dead letters
 
 
 def _reject(command_id: str, reason: str, issued_at: datetime | None = None) -> Decision:
@@ -165,6 +166,10 @@ def _rules(state: SettingsState, cmd, policy: Policy) -> Decision:
         if cmd.partner_id not in state.partners:
             return _reject(cid, f"partner {cmd.partner_id} has no partner-wide configuration")
         return _accept(cid, f"partner/{cmd.partner_id}", {"config": None})
+    if isinstance(cmd, ReplayDeadLetters):
+        if not (cmd.workspace_id or cmd.destination_id or cmd.event_ids or cmd.since or cmd.until):
+            return _reject(cid, "a replay needs at least one filter (workspace, destination, event ids or time)")
+        return Decision(cid, "accepted", replay=cmd)
     raise AssertionError(f"unhandled command {type(cmd).__name__}")
 
 

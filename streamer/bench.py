@@ -1,0 +1,100 @@
+"""Benchmarks (docs/performance.md). Run from the repository root:
+
+  python -m streamer.bench [pipeline] [--runs 3] [--events N] [--quick]
+      a real Kafka broker and moto S3 on free ports; a raw aiokafka passthrough as the
+      baseline, then real `streamer worker` subprocesses: REST (Datadog-style batches)
+      throughput, p50/p99 end-to-end latency at a fixed offered rate, S3 throughput, peak
+      RSS and CPU per event. Medians of the runs; JSON in bench-results/<timestamp>.json.
+  python -m streamer.bench micro      the pure hot path, µs per event
+  python -m streamer.bench memory     RSS with 100,000 workspaces, effective() at 1k vs 100k
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+COMMANDS = ("pipeline", "micro", "memory")
+
+
+def _save(results: dict, suffix: str = "") -> Path:
+    out = Path("bench-results")
+    out.mkdir(exist_ok=True)
+    path = out / f"{time.strftime('%Y%m%dT%H%M%S')}{suffix}.json"
+    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _machine() -> dict:
+    import os
+    import platform
+
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
+            "platform": platform.platform(), "loadavg_at_start": load}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else "pipeline"
+    parser = argparse.ArgumentParser(prog=f"python -m streamer.bench {command}", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    if command == "micro":
+        parser.add_argument("--events", type=int, default=3000, help="events per pass (default 3000)")
+        parser.add_argument("--repeats", type=int, default=7, help="timed passes per stage (default 7)")
+        args = parser.parse_args(argv)
+        from streamer.benchmark.micro import report, run_micro
+
+        result = run_micro(args.events, args.repeats)
+        print(report(result))
+        print(f"results: {_save({'machine': _machine(), 'micro': result}, '-micro')}")
+        return 0
+    if command == "memory":
+        parser.add_argument("--workspaces", type=int, default=100_000)
+        parser.add_argument("--small", type=int, default=1_000, help="the small state for the lookup comparison")
+        args = parser.parse_args(argv)
+        from streamer.benchmark.memory import report, run_memory
+
+        result = run_memory(args.workspaces, args.small)
+        print(report(result))
+        print(f"results: {_save({'machine': _machine(), 'memory': result}, '-memory')}")
+        return 0
+
+    from streamer.benchmark.pipeline import Options, report, run_pipeline
+
+    parser.add_argument("--runs", type=int, default=3, help="repetitions; medians are reported (default 3)")
+    parser.add_argument("--events", type=int, default=None,
+                        help="pre-produced events for the throughput runs (default 60000, --quick 15000)")
+    parser.add_argument("--s3-events", type=int, default=None, help="events for the S3 run (default 3000)")
+    parser.add_argument("--rate", type=int, default=2000, help="offered events/s of the latency run")
+    parser.add_argument("--latency-seconds", type=float, default=None, help="length of the latency run (15)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--workspaces", type=int, default=5000)
+    parser.add_argument("--quick", action="store_true", help="1 run, fewer events, shorter latency run")
+    parser.add_argument("--skip", action="append", default=[], choices=["baseline", "rest", "latency", "s3"],
+                        help="leave a phase out (repeatable)")
+    parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the workers, e.g. STREAMER_BATCH_MAX=1000 (repeatable)")
+    args = parser.parse_args(argv)
+    opts = Options.from_args(args)
+    result = run_pipeline(opts)
+    result["machine"] = _machine()
+    print(report(result))
+    print(f"results: {_save(result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
