@@ -179,7 +179,7 @@ async def test_kill_9_five_times_during_20000_events(env, worker_factory, kafka,
 
 async def test_broker_restart_mid_run_loses_nothing(s3, providers, tmp_path):
     broker = Kafka(tmp_path / "own-kafka", free_port())
-    broker.start()
+    await asyncio.to_thread(broker.start)  # its readiness probe runs its own event loop
     try:
         prefix = "restart."
         assert (await apply_topics(broker.bootstrap, prefix)).ok
@@ -191,9 +191,9 @@ async def test_broker_restart_mid_run_loses_nothing(s3, providers, tmp_path):
             await configure(env, providers, {"801": "restart"})
             first = [(b"801", orjson.dumps(job_event(801, f"a{i}"))) for i in range(1000)]
             await produce(broker.bootstrap, prefix + SUMMARY, first)
-            broker.stop()
+            await asyncio.to_thread(broker.stop)
             await asyncio.sleep(3)
-            broker.start()
+            await asyncio.to_thread(broker.start)
             second = [(b"801", orjson.dumps(job_event(801, f"b{i}"))) for i in range(1000)]
             await produce(broker.bootstrap, prefix + SUMMARY, second)
             want = {f"a{i}" for i in range(1000)} | {f"b{i}" for i in range(1000)}
@@ -259,8 +259,8 @@ async def test_settings_change_mid_run(env, worker_factory, kafka, prefix, provi
 
 
 async def test_sigterm_stops_within_the_grace_period_and_loses_nothing(env, worker_factory, kafka, prefix, providers):
-    providers.faults["slow"] = Fault(hang_s=0.5)
-    w = worker_factory({"STREAMER_SHUTDOWN_GRACE_S": "15"})
+    providers.faults["slow"] = Fault(hang_s=0.2)
+    w = worker_factory({**FAST_RETRY, "STREAMER_SHUTDOWN_GRACE_S": "15"})
     w.wait_ready()
     await configure(env, providers, {"960": "slow"})
     ids = [f"s{i}" for i in range(400)]
@@ -269,6 +269,6 @@ async def test_sigterm_stops_within_the_grace_period_and_loses_nothing(env, work
     w.proc.send_signal(__import__("signal").SIGTERM)
     code = w.proc.wait(timeout=30)
     assert code == 0, w.log()[-3000:]
-    worker_factory(name="after-term").wait_ready()
+    worker_factory(FAST_RETRY, name="after-term").wait_ready()
     providers.faults["slow"].hang_s = 0
     await until(lambda: set(providers.ids("slow")) == set(ids), 60, "every event after the restart")

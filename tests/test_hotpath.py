@@ -1,0 +1,167 @@
+"""The hot path's shortcuts agree with the definitions they stand in for.
+
+- parse_event: the direct field checks accept only what the pydantic models accept, and
+  produce the same workspace id, event id and time; everything else still gets the models'
+  rejection with the field named.
+- Datadog items and S3 keys: the same bytes as the straightforward construction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamer.events import parse
+from streamer.events.parse import Event, Rejection, parse_event
+
+JOB = {"id": "j-Qm3xT7pa-Hk2sLd", "recipe_id": 4410237, "status": "succeeded", "title": "t",
+       "started_at": "2026-03-14T09:29:58-07:00", "completed_at": "2026-03-14T09:30:02-07:00",
+       "account_id": 78125, "context": {"user_id": 78125, "user_external_id": "acme", "recipe_id": 4410237}}
+DETAILS = {**JOB, "lines": [{"recipe_line_number": 0, "input": {"a": 1}}, {"recipe_line_number": 1}]}
+ACTIVITY = {"id": "ua-1", "event": "user_login", "timestamp": "2026-03-14 16:31:07 UTC",
+            "user": {"id": 99120, "external_id": None}, "team": {"id": 78125, "external_id": None}}
+BASE = {"job_summary": JOB, "job_details": DETAILS, "user_activity": ACTIVITY}
+
+# Values that sit on the edges of the models' rules.
+ODD_VALUES = [
+    None, True, False, 0, -1, 7, 2**63, 2**64 - 1, 1.5, "", "x", "x" * 200, "x" * 201, [], {}, [{}],
+    "succeeded", "failed", "running", "user_login", "User Login", "user_login\n", "a" * 101, "9abc",
+    "2026-03-14T09:30:02", "2026-03-14T09:30:02Z", "2026-03-14T09:30:02+00:00", "2026-03-14", "yesterday",
+    "2026-03-14 16:31:07 UTC", "2026-03-14 16:31:07 UTC\n", "2026-13-14 16:31:07 UTC", "2026-02-30 16:31:07 UTC",
+    "2026-03-14 24:31:07 UTC", "2026-03-14 16:31:60 UTC", "0999-03-14 16:31:07 UTC", "0000-03-14 16:31:07 UTC",
+    "２０２６-03-14 16:31:07 UTC", "2026-03-14 16:31:07 utc", "2026-03-14T16:31:07 UTC",
+    {"id": 1}, {"id": "w"}, {"id": ""}, {"id": 1, "external_id": 5}, {"user_id": 5}, {"user_id": True},
+    {"user_id": "78125", "user_external_id": None}, {"user_id": 78125, "user_external_id": 3},
+    [{"recipe_line_number": 0}], [{"recipe_line_number": -1}], [{"recipe_line_number": True}],
+    [{"recipe_line_number": 1.0}], [{"recipe_line_number": "1"}], [1], [{"recipe_line_number": 2**64 - 1}],
+]
+ODD = st.sampled_from(ODD_VALUES)
+MISSING = object()
+FIELDS = ["id", "recipe_id", "status", "started_at", "completed_at", "context", "lines", "event", "timestamp",
+          "team", "user", "account_id"]
+NESTED = {"context": ["user_id", "user_external_id"], "team": ["id", "external_id"], "user": ["id", "external_id"]}
+
+
+def _slow(kind: str, value: bytes, key: bytes | None) -> Event | Rejection:
+    """parse_event with the fast checks switched off: the models decide everything."""
+    fast_job, fast_activity = parse._fast_job, parse._fast_activity
+    parse._fast_job = lambda body, details: None
+    parse._fast_activity = lambda body: None
+    try:
+        return parse_event(kind, value, key)
+    finally:
+        parse._fast_job, parse._fast_activity = fast_job, fast_activity
+
+
+@st.composite
+def mutated(draw):
+    kind = draw(st.sampled_from(sorted(BASE)))
+    body = orjson.loads(orjson.dumps(BASE[kind]))
+    for _ in range(draw(st.integers(0, 3))):
+        name = draw(st.sampled_from(FIELDS + [f"{o}.{i}" for o, inner in NESTED.items() for i in inner]))
+        outer, _, inner = name.partition(".")
+        target = body.get(outer) if inner else body
+        field = inner or outer
+        if not isinstance(target, dict):
+            continue
+        if draw(st.booleans()):
+            target.pop(field, None)
+        else:
+            target[field] = orjson.loads(orjson.dumps(draw(ODD)))  # a copy: the values are shared
+    key = draw(st.sampled_from([None, b"78125", b"5"]))
+    return kind, orjson.dumps(body), key
+
+
+def _same(a, b) -> None:
+    assert type(a) is type(b), (a, b)
+    if isinstance(a, Rejection):
+        assert a.reason == b.reason
+    else:
+        assert (a.kind, a.workspace_id, a.event_id, a.body, a.occurred_at) == \
+               (b.kind, b.workspace_id, b.event_id, b.body, b.occurred_at)
+        assert a.occurred_at.tzinfo is not None and a.occurred_at.utcoffset().total_seconds() == 0
+
+
+def _with(body: dict, name: str, value) -> dict:
+    body = orjson.loads(orjson.dumps(body))
+    outer, _, inner = name.partition(".")
+    target = body.get(outer) if inner else body
+    if isinstance(target, dict):
+        if value is MISSING:
+            target.pop(inner or outer, None)
+        else:
+            target[inner or outer] = value
+    return body
+
+
+def test_every_single_odd_field_is_decided_as_the_models_decide():
+    names = FIELDS + [f"{o}.{i}" for o, inner in NESTED.items() for i in inner] + ["lines.0"]
+    checked = 0
+    for kind, base in BASE.items():
+        for name in names:
+            for value in ODD_VALUES + [MISSING]:
+                if name == "lines.0":  # the first line replaced
+                    body = orjson.loads(orjson.dumps(base))
+                    if "lines" not in body or value is MISSING:
+                        continue
+                    body["lines"][0] = value
+                else:
+                    body = _with(base, name, value)
+                raw = orjson.dumps(body)
+                _same(parse_event(kind, raw), _slow(kind, raw, None))
+                checked += 1
+    assert checked > 3000
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated())
+def test_fast_validation_agrees_with_the_models(case):
+    kind, value, key = case
+    _same(parse_event(kind, value, key), _slow(kind, value, key))
+
+
+@pytest.mark.parametrize("kind", sorted(BASE))
+def test_well_formed_events_take_the_fast_path(kind):
+    body = BASE[kind]
+    fast = parse._fast_activity(body) if kind == "user_activity" else parse._fast_job(body, kind == "job_details")
+    assert fast is not None
+    event = parse_event(kind, orjson.dumps(body))
+    assert isinstance(event, Event) and event.workspace_id == "78125"
+
+
+def test_job_time_is_completed_at_else_started_at_in_utc():
+    ev = parse_event("job_summary", orjson.dumps({**JOB, "completed_at": None}))
+    assert ev.occurred_at == datetime(2026, 3, 14, 16, 29, 58, tzinfo=timezone.utc)
+    ev = parse_event("job_summary", orjson.dumps(JOB))
+    assert ev.occurred_at == datetime(2026, 3, 14, 16, 30, 2, tzinfo=timezone.utc)
+
+
+def test_compact_workspace_entries_give_back_the_models_and_the_same_digest():
+    import hashlib
+
+    from streamer.benchmark.workload import build_settings, datadog_destination, s3_destination
+    from streamer.settings.model import Configuration, Registration
+
+    keys = {"k": b"k" * 32}
+    rows = build_settings(datadog_destination("https://intake.example.com", "dd-key"), workspaces=300, partners=6,
+                          partner_wide=2, encryption_keys=keys, apply=False).rows
+    rows += build_settings(s3_destination("https://s3.example.com", "bucket"), workspaces=50, partners=1,
+                           partner_wide=0, encryption_keys=keys, apply=False, seed=3).rows
+    state = __import__("streamer.settings.state", fromlist=["SettingsState"]).SettingsState()
+    for offset, (k, v) in enumerate(rows):
+        state.apply(k, v, offset)
+    latest = {k.decode(): orjson.loads(v) for k, v in rows}
+    h = hashlib.sha256()
+    for ws in sorted(state.workspaces):
+        row, entry = latest[f"ws/{ws}"], state.workspaces[ws]
+        reg = Registration.model_validate(row["registration"])
+        config = Configuration.model_validate(row["config"]) if row["config"] else None
+        assert entry.registration == reg and entry.config == config and entry.partner_id == reg.partner_id
+        h.update(orjson.dumps([ws, reg.model_dump(mode="json"), config and config.model_dump(mode="json")]))
+    for pid in sorted(state.partners):
+        h.update(orjson.dumps([pid, state.partners[pid].config.model_dump(mode="json")]))
+    assert state.digest() == h.hexdigest()
