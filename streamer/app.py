@@ -167,11 +167,26 @@ processor = SettingsProcessor(view, produce_one, policy, cfg.topic(T.SETTINGS_TA
                               ReplayTarget(cfg.bootstrap_servers, cfg.topic(T.DEAD_LETTERS), DELIVERY_TOPIC, produce_all))
 
 
+async def batches(stream, max_: int, within: float):
+    """Batches of events that are acked only after the body of the loop finished with them.
+
+    Not `take_events`: it acks the whole batch in a `finally`, so an agent cancelled
+    mid-batch (shutdown, rebalance) would commit offsets of events never handed on.
+    `noack_take` leaves acking to us; a cancelled batch is simply processed again.
+    """
+    async for events in stream.noack_take(max_, within):
+        yield events
+        for event in events:
+            await stream.ack(event)
+
+
 @app.agent(commands_topic)
 async def settings_commands(stream):
-    async for event in stream.events():
-        result = await steadfast("settings command", lambda: processor.handle(event.value, event.message.offset))
-        metrics.settings_commands.labels(result["status"]).inc()
+    async for events in batches(stream, 100, 0.05):
+        for event in events:
+            result = await steadfast("settings command",
+                                     lambda: processor.handle(event.message.value, event.message.offset))
+            metrics.settings_commands.labels(result["status"]).inc()
 
 
 # -- routing ----------------------------------------------------------------------------------
@@ -204,7 +219,7 @@ async def route_batch(events) -> None:
 @app.agent(raw_topics)
 async def route_events(stream):
     await view.ready.wait()
-    async for events in stream.take_events(cfg.batch_max, within=cfg.batch_linger_s):
+    async for events in batches(stream, cfg.batch_max, cfg.batch_linger_s):
         await steadfast("routing", lambda: route_batch(events))
 
 
@@ -236,14 +251,14 @@ def _deliveries(events) -> list[Delivery]:
 
 @app.agent(s3_topic)
 async def deliver_s3(stream):
-    async for events in stream.take_events(cfg.batch_max, within=cfg.batch_linger_s):
+    async for events in batches(stream, cfg.batch_max, cfg.batch_linger_s):
         batch = _deliveries(events)
         await steadfast("s3 delivery", lambda: engines["s3"].process([d for d in batch if not d.settled]))
 
 
 @app.agent(http_topic)
 async def deliver_http(stream):
-    async for events in stream.take_events(cfg.batch_max, within=cfg.batch_linger_s):
+    async for events in batches(stream, cfg.batch_max, cfg.batch_linger_s):
         batch = _deliveries(events)
         await steadfast("http delivery", lambda: engines["http"].process([d for d in batch if not d.settled]))
 
@@ -252,7 +267,7 @@ async def deliver_http(stream):
 async def retry_deliveries(stream):
     """Parked deliveries, re-attempted when due. Newer deliveries never wait here: they have
     their own topics; this agent only holds back retries that are not due yet."""
-    async for events in stream.take_events(cfg.batch_max, within=cfg.batch_linger_s):
+    async for events in batches(stream, cfg.batch_max, cfg.batch_linger_s):
         waiting = sorted(((int(dict(e.message.headers).get("next", b"0")), e) for e in events),
                          key=lambda p: p[0])
         while waiting:
@@ -311,15 +326,6 @@ async def prometheus(web, request):
     except Exception:  # lag is best effort; a rebalance in progress has no assignment
         pass
     return web.bytes(generate_latest(metrics.REGISTRY), content_type="text/plain; version=0.0.4")
-
-
-@app.task
-async def _close_sinks_on_stop():
-    try:
-        await asyncio.Event().wait()
-    finally:
-        for engine in engines.values():
-            await engine.sink.close()
 
 
 def run_worker(loglevel: str | None = None) -> None:

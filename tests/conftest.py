@@ -16,7 +16,7 @@ import pytest
 from streamer.dev.local import Kafka, MotoS3, free_port
 from streamer.topics_admin import apply_topics
 
-from tests.support import WorkerProcess, test_env
+from tests.support import WorkerProcess, worker_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT.parent / "shared" / "samples"
@@ -63,7 +63,7 @@ async def topics(kafka, prefix):
 
 @pytest.fixture
 def env(kafka, s3, topics, tmp_path):
-    return test_env(kafka, s3, topics, tmp_path)
+    return worker_env(kafka, s3, topics, tmp_path)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ SIGNING_KEY = base64.b64encode(b"s" * 32).decode()
 ENCRYPTION_KEY = base64.b64encode(b"e" * 32).decode()
 
 
-def test_env(bootstrap: str, s3: str, prefix: str, tmp: Path) -> dict[str, str]:
+def worker_env(bootstrap: str, s3: str, prefix: str, tmp: Path) -> dict[str, str]:
     return {
         "STREAMER_BOOTSTRAP_SERVERS": bootstrap,
         "STREAMER_TOPIC_PREFIX": prefix,

@@ -165,3 +165,21 @@ def test_compact_workspace_entries_give_back_the_models_and_the_same_digest():
     for pid in sorted(state.partners):
         h.update(orjson.dumps([pid, state.partners[pid].config.model_dump(mode="json")]))
     assert state.digest() == h.hexdigest()
+
+
+@pytest.mark.parametrize("dest", [{}, {"ddsource": "s", "service": "svc", "ddtags": "env:x,team:y", "hostname": "h"},
+                                  {"ddtags": "", "hostname": None, "service": ""}])
+def test_datadog_items_are_the_plain_construction(dest):
+    from streamer.sinks.base import Delivery
+    from streamer.sinks.http import datadog
+
+    messages = [b'{"a":"quote \\" backslash \\\\ \\u0001 ctrl","b":"\xc3\xa9\xe2\x80\xa8"}', b"{}", b'"s"']
+    deliveries = [Delivery("d", b"{}", "w", f"e{i}", "job_summary", m) for i, m in enumerate(messages)]
+    fields = {"ddsource": dest.get("ddsource") or "workato", "service": dest.get("service") or "audit-log"}
+    fields.update({k: dest[k] for k in ("ddtags", "hostname") if dest.get(k)})
+    plain = [orjson.dumps({**fields, "message": m.decode()}) for m in messages]
+    assert [datadog.item(dest, m) for m in messages] == plain
+    encoded = datadog.encode({**dest, "url": "https://x"}, {}, deliveries)
+    assert [r.body for r in encoded.requests] == [b"[" + b",".join(plain) + b"]"]
+    single = datadog.encode({**dest, "url": "https://x"}, {}, deliveries[:1])
+    assert [r.body for r in single.requests] == [b"[" + plain[0] + b"]"] and single.requests[0].items == [0]

@@ -20,7 +20,7 @@ import topics as T
 from streamer.dev.local import Kafka, free_port
 from streamer.topics_admin import apply_topics
 from tests.providers import Fault, ProviderServer
-from tests.support import WorkerProcess, accepted, admin_for, consume, http_config, job_event, produce, test_env
+from tests.support import WorkerProcess, accepted, admin_for, consume, http_config, job_event, produce, worker_env
 
 SUMMARY = T.JOBS_SUMMARY
 FAST_RETRY = {"STREAMER_RETRY_BASE_S": "0.05", "STREAMER_RETRY_MAX_BACKOFF_S": "1", "STREAMER_INLINE_RETRIES": "1"}
@@ -183,7 +183,7 @@ async def test_broker_restart_mid_run_loses_nothing(s3, providers, tmp_path):
     try:
         prefix = "restart."
         assert (await apply_topics(broker.bootstrap, prefix)).ok
-        env = test_env(broker.bootstrap, s3, prefix, tmp_path)
+        env = worker_env(broker.bootstrap, s3, prefix, tmp_path)
         w = WorkerProcess(env, tmp_path / "worker")
         w.start()
         try:
@@ -259,8 +259,11 @@ async def test_settings_change_mid_run(env, worker_factory, kafka, prefix, provi
 
 
 async def test_sigterm_stops_within_the_grace_period_and_loses_nothing(env, worker_factory, kafka, prefix, providers):
+    # One batch of 400 takes ~20 s at this destination, so SIGTERM lands mid-batch; the long
+    # deadline keeps the engine from parking it first. Acking that batch on the way out would lose it.
     providers.faults["slow"] = Fault(hang_s=0.2)
-    w = worker_factory({**FAST_RETRY, "STREAMER_SHUTDOWN_GRACE_S": "15"})
+    w = worker_factory({**FAST_RETRY, "STREAMER_SHUTDOWN_GRACE_S": "15", "STREAMER_DELIVERY_DEADLINE_S": "120",
+                        "STREAMER_HTTP_TIMEOUT_S": "120"})
     w.wait_ready()
     await configure(env, providers, {"960": "slow"})
     ids = [f"s{i}" for i in range(400)]
