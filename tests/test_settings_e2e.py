@@ -277,3 +277,34 @@ async def test_no_plaintext_secret_in_topics_logs_or_cli_output(env, worker_fact
     assert len(blobs) > 20
     for secret in (DD_API_KEY, SPLUNK_TOKEN, s3_secret, header_secret, "hdr-SECRET-55aa"):
         assert not any(secret.encode() in b for b in blobs), f"plaintext secret {secret!r} found"
+
+
+def test_settings_cli_with_a_yaml_file(env, worker_factory, tmp_path, providers):
+    import os
+
+    w = worker_factory()
+    w.wait_ready()
+    cli_env = {**os.environ, **env}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "streamer", "settings", "--actor", "ops@example", *a],
+                                    capture_output=True, text=True, env=cli_env, timeout=120)
+    assert run("register", "--workspace", "31", "--partner", "P", "--role", "customer").returncode == 0
+    cfg = tmp_path / "dd.yaml"
+    cfg.write_text(f"jobs: details\nuser_activity: false\ndestination:\n  type: http\n  provider: datadog\n"
+                   f"  url: {providers.url('datadog', 'cli')}\n  api_key: plain-dd-key-from-yaml\n  gzip: true\n")
+    put = run("put-workspace", "--workspace", "31", "--file", str(cfg))
+    assert put.returncode == 0, put.stdout + put.stderr
+    assert orjson.loads(put.stdout)["status"] == "accepted"
+    shown = run("get", "--workspace", "31")
+    row = orjson.loads(shown.stdout)[0]
+    assert row["config"]["destination"]["api_key"] == "***" and row["effective"] == "workspace:31"
+    assert "plain-dd-key-from-yaml" not in shown.stdout + put.stdout
+    # A rule violation exits 1 with the reason.
+    wide = tmp_path / "wide.json"
+    wide.write_text(orjson.dumps(http_config(providers, "generic", "wide")).decode())
+    assert run("put-partner", "--partner", "P", "--file", str(wide)).returncode == 0
+    rejected = run("put-workspace", "--workspace", "31", "--file", str(cfg))
+    assert rejected.returncode == 1 and "partner-wide" in orjson.loads(rejected.stdout)["reason"]
+    # Without a signing key nothing is sent.
+    unsigned = subprocess.run([sys.executable, "-m", "streamer", "settings", "unregister", "--workspace", "31"],
+                              capture_output=True, text=True, env={**cli_env, "STREAMER_SIGNING_KEYS": ""})
+    assert unsigned.returncode == 2 and "STREAMER_SIGNING_KEYS" in unsigned.stderr
