@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("demo", help="run the main job on the local default with the sample events")
     p.add_argument("--samples", default=None)
     p.add_argument("--keep-running", action="store_true")
+    p.add_argument("--use-running", action="store_true",
+                   help="seed sample settings and events into an already running stack (docker compose)")
+    p.add_argument("--receiver-url", default=None, help="with --use-running: the log receiver's URL")
+    p.add_argument("--bucket", default="audit-demo", help="S3 bucket of the sample partner-wide destination")
 
     from streamer.admin_cli import add_admin_parsers
 
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.cmd == "demo":
         from streamer.demo import run_demo
 
-        sys.exit(run_demo(args.samples, args.keep_running))
+        sys.exit(run_demo(args.samples, args.keep_running, args.use_running, args.receiver_url, args.bucket))
     else:
         from streamer.admin_cli import run_admin
 

@@ -48,12 +48,20 @@ def _keys(root: Path) -> dict[str, str]:
     return orjson.loads(path.read_text())
 
 
-def run_demo(samples_dir: str | None, keep_running: bool) -> int:
+def run_demo(samples_dir: str | None, keep_running: bool, use_running: bool = False,
+             receiver_url: str | None = None, bucket: str = "audit-demo") -> int:
     samples = Path(samples_dir or os.environ.get("STREAMER_SAMPLES_DIR") or Path.cwd().parent / "shared" / "samples")
     files = sorted(samples.glob("*.json"))
     if not files:
         print(f"error: no sample events in {samples} (pass --samples DIR)", file=sys.stderr)
         return 2
+    if use_running:
+        # docker compose: Kafka, S3, the workers and a receiver already run; seed settings and events.
+        from streamer.config import Config
+
+        cfg = Config.from_env()
+        return asyncio.run(seed(cfg.bootstrap_servers, cfg.s3_endpoint_url, receiver_url or "http://log-receiver:8080",
+                                bucket, files))
     root = state_dir()
     kafka = Kafka(root / "kafka", 9092 if not _port_open(9092) else free_port())
     s3 = MotoS3(root / "s3", 5000 if not _port_open(5000) else free_port())
@@ -99,33 +107,7 @@ async def _demo(bootstrap: str, s3_endpoint: str, env: dict, files: list[Path], 
                 await s3c.create_bucket(Bucket=bucket)
             except s3c.exceptions.BucketAlreadyOwnedByYou:
                 pass
-        cfg = Config.from_env()
-        async with AdminClient(bootstrap, "", cfg.signing_keys, cfg.encryption_keys, actor="demo") as admin:
-            steps = [
-                ("register_workspace", dict(workspace_id="5234", partner_id="northwind-partner", role="customer")),
-                ("register_workspace", dict(workspace_id="5000", partner_id="northwind-partner", role="admin")),
-                ("put_partner_config", dict(partner_id="northwind-partner", config={
-                    "jobs": "status", "user_activity": True,
-                    "destination": {"type": "s3", "bucket": bucket, "prefix": "audit", "endpoint_url": s3_endpoint}})),
-                ("register_workspace", dict(workspace_id="78125", partner_id="acme-partner", role="customer",
-                                            external_id="acme-freight-eu")),
-                ("put_workspace_config", dict(workspace_id="78125", config={
-                    "jobs": "details", "user_activity": True,
-                    "template": '{"source": "workato", "environment": "demo", "logEntries": {{log_message}}}',
-                    "destination": {"type": "http", "provider": "datadog", "url": f"http://127.0.0.1:{receiver.port}",
-                                    "api_key": "demo-datadog-key", "ddtags": "env:demo"}})),
-            ]
-            for kind, fields in steps:
-                result = await admin.run(kind, timeout=90, **fields)
-                print(f"settings {kind:22} {fields.get('workspace_id') or fields.get('partner_id'):18} -> "
-                      f"{result['status']}{': ' + (result.get('reason') or result.get('warning') or '') if result['status'] != 'accepted' else ''}")
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-        await producer.start()
-        for f in files:
-            body = orjson.loads(f.read_bytes())
-            await producer.send_and_wait(TOPIC_OF[_kind(body)], f.read_bytes(), key=_workspace(body).encode())
-            print(f"produced {f.name} to {TOPIC_OF[_kind(body)]}")
-        await producer.stop()
+        await seed(bootstrap, s3_endpoint, f"http://127.0.0.1:{receiver.port}", bucket, files)
         # 5234's two events go to S3; 78125's details and login go to the receiver (summaries not selected).
         deadline = time.monotonic() + 60
         keys: list[str] = []
@@ -157,3 +139,40 @@ async def _demo(bootstrap: str, s3_endpoint: str, env: dict, files: list[Path], 
         await receiver.stop()
         if not keep:
             print("worker stopped; Kafka and S3 are still up (`bash scripts/dev.sh down` stops them)")
+
+
+async def seed(bootstrap: str, s3_endpoint: str | None, receiver_url: str, bucket: str, files: list[Path]) -> int:
+    """Register the two sample partners and produce the sample events."""
+    from aiokafka import AIOKafkaProducer
+
+    from streamer.admin import AdminClient
+    from streamer.config import Config
+
+    cfg = Config.from_env()
+    async with AdminClient(bootstrap, cfg.topic_prefix, cfg.signing_keys, cfg.encryption_keys, actor="demo") as admin:
+        steps = [
+            ("register_workspace", dict(workspace_id="5234", partner_id="northwind-partner", role="customer")),
+            ("register_workspace", dict(workspace_id="5000", partner_id="northwind-partner", role="admin")),
+            ("put_partner_config", dict(partner_id="northwind-partner", config={
+                "jobs": "status", "user_activity": True,
+                "destination": {"type": "s3", "bucket": bucket, "prefix": "audit", "endpoint_url": s3_endpoint}})),
+            ("register_workspace", dict(workspace_id="78125", partner_id="acme-partner", role="customer",
+                                        external_id="acme-freight-eu")),
+            ("put_workspace_config", dict(workspace_id="78125", config={
+                "jobs": "details", "user_activity": True,
+                "template": '{"source": "workato", "environment": "demo", "logEntries": {{log_message}}}',
+                "destination": {"type": "http", "provider": "datadog", "url": receiver_url,
+                                "api_key": "demo-datadog-key", "ddtags": "env:demo"}})),
+        ]
+        for kind, fields in steps:
+            result = await admin.run(kind, timeout=90, **fields)
+            print(f"settings {kind:22} {fields.get('workspace_id') or fields.get('partner_id'):18} -> "
+                  f"{result['status']}{': ' + (result.get('reason') or result.get('warning') or '') if result['status'] != 'accepted' else ''}")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    for f in files:
+        body = orjson.loads(f.read_bytes())
+        await producer.send_and_wait(cfg.topic(TOPIC_OF[_kind(body)]), f.read_bytes(), key=_workspace(body).encode())
+        print(f"produced {f.name} to {TOPIC_OF[_kind(body)]}")
+    await producer.stop()
+    return 0

@@ -171,3 +171,16 @@ def test_dev_up_status_down_from_the_cache(tmp_path):
         down = cli("down")
     assert "kafka: stopped" in down.stdout and "s3: stopped" in down.stdout
     assert cli("status").returncode == 3
+
+
+def test_a_broker_that_cannot_start_reports_its_log(tmp_path, monkeypatch):
+    from streamer.dev.local import Kafka, ServiceError
+
+    monkeypatch.setenv("STREAMER_CACHE_DIR", str(ROOT / ".cache"))
+    monkeypatch.setenv("STREAMER_KAFKA_HEAP", "1k")  # the JVM refuses to start with this heap
+    broker = Kafka(tmp_path, free_port())
+    with pytest.raises(ServiceError) as err:
+        broker.start(timeout=60)
+    text = str(err.value)
+    assert "exited with code" in text and "last lines of" in text and "heap" in text.lower()
+    assert broker.pid() is None
