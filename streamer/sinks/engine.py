@@ -118,13 +118,12 @@ class DeliveryEngine:
         if not breaker.allow(self.cfg.breaker_reset_s):
             await self._park(items, "circuit breaker open", None)
             return
-        destination = orjson.loads(items[0].destination)
         limit = self.limits.setdefault(dest_id, asyncio.Semaphore(self.cfg.destination_concurrency))
         pending = items
         attempt = 0
         while True:
             async with limit:
-                outcomes = await self.sink.send(destination, pending)
+                outcomes = await self._send(dest_id, pending)
             retry: list[tuple[Delivery, Outcome]] = []
             for d, o in zip(pending, outcomes):
                 d.attempts += 1
@@ -156,6 +155,18 @@ class DeliveryEngine:
                 await self._park(pending, retry[0][1].error, retry_after)
                 return
             await asyncio.sleep(delay)
+
+    async def _send(self, dest_id: str, pending: list[Delivery]) -> list[Outcome]:
+        """The sink's outcomes; an exception (a bug, a malformed record) becomes a retryable
+        failure, so the record is parked and in the end dead-lettered instead of wedging
+        its partition in an endless retry of the same batch."""
+        try:
+            return await self.sink.send(orjson.loads(pending[0].destination), pending)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("sink error for %s", dest_id, extra={"destination_id": dest_id})
+            return [Outcome(False, True, f"internal error: {type(e).__name__}: {e}"[:300])] * len(pending)
 
     async def _park(self, items: list[Delivery], error: str, retry_after: float | None) -> None:
         now = now_ms()
