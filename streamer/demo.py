@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from streamer.dev.local import Kafka, MotoS3, ServiceError, _port_open, free_port, state_dir
+from streamer.dev.local import _port_open, free_port, services, state_dir, up
 from streamer.dev.receiver import Receiver
 
 TOPIC_OF = {"job_summary": "audit.jobs.summary.v1", "job_details": "audit.jobs.details.v1",
@@ -63,15 +63,14 @@ def run_demo(samples_dir: str | None, keep_running: bool, use_running: bool = Fa
         return asyncio.run(seed(cfg.bootstrap_servers, cfg.s3_endpoint_url, receiver_url or "http://log-receiver:8080",
                                 bucket, files))
     root = state_dir()
-    kafka = Kafka(root / "kafka", 9092 if not _port_open(9092) else free_port())
-    s3 = MotoS3(root / "s3", 5000 if not _port_open(5000) else free_port())
-    try:
-        kafka.start()
-        s3.start()
-    except ServiceError as e:
-        print(f"error: {e}", file=sys.stderr)
+    kafka, s3 = services(9092, 5000, root)
+    # Our own services from an earlier run are reused; a port taken by something else is not.
+    if kafka.pid() is None and _port_open(kafka.port):
+        kafka.port = free_port()
+    if s3.pid() is None and _port_open(s3.port):
+        s3.port = free_port()
+    if up(kafka, s3):
         return 1
-    print(f"kafka listening on {kafka.bootstrap}\ns3    listening on {s3.endpoint}")
     env = {**os.environ, **_keys(root), "STREAMER_BOOTSTRAP_SERVERS": kafka.bootstrap,
            "STREAMER_TOPIC_PREFIX": "", "STREAMER_APP_ID": "streamer-demo", "STREAMER_S3_ENDPOINT_URL": s3.endpoint,
            "STREAMER_ALLOW_PRIVATE_DESTINATIONS": "true", "STREAMER_WEB_PORT": str(free_port()),

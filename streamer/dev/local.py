@@ -280,18 +280,23 @@ def _saved_port(svc: Service, default: int) -> int:
         return default
 
 
+def up(kafka: Kafka, s3: MotoS3) -> int:
+    """Start both (or find them running) and say where they listen; 1 with the reason if not."""
+    try:
+        kafka.start()
+        s3.start()
+    except ServiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"kafka listening on {kafka.bootstrap} (log {kafka.log_file})")
+    print(f"s3    listening on {s3.endpoint} (log {s3.log_file})")
+    return 0
+
+
 def dev_command(action: str, kafka_port: int, s3_port: int) -> int:
     kafka, s3 = services(kafka_port, s3_port)
     if action == "up":
-        try:
-            kafka.start()
-            s3.start()
-        except ServiceError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        print(f"kafka listening on {kafka.bootstrap} (log {kafka.log_file})")
-        print(f"s3    listening on {s3.endpoint} (log {s3.log_file})")
-        return 0
+        return up(kafka, s3)
     if action == "down":
         for svc in (s3, kafka):
             print(f"{svc.name}: {'stopped' if svc.stop() else 'was not running'}")
