@@ -43,10 +43,27 @@ def _machine() -> dict:
     except OSError:
         load = None
     return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "platform": platform.platform(), "loadavg_at_start": load}
+            "platform": platform.platform(), "loadavg_at_start": load, "commit": _commit()}
+
+
+def _commit() -> str | None:
+    """The checkout measured: HEAD, and whether the work tree had changes on top of it."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> int:
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:  # the pipeline benchmark reuses tests/support.py (worker process, env)
+        sys.path.insert(0, root)
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "pipeline"
     parser = argparse.ArgumentParser(prog=f"python -m streamer.bench {command}", description=__doc__,
@@ -54,11 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     if command == "micro":
         parser.add_argument("--events", type=int, default=3000, help="events per pass (default 3000)")
         parser.add_argument("--repeats", type=int, default=7, help="timed passes per stage (default 7)")
+        parser.add_argument("--profile", action="store_true", help="print a cProfile of the hot path instead")
         args = parser.parse_args(argv)
         from streamer.benchmark.micro import report, run_micro
 
-        result = run_micro(args.events, args.repeats)
+        result = run_micro(args.events, args.repeats, profile=args.profile)
         print(report(result))
+        if args.profile:
+            return 0
         print(f"results: {_save({'machine': _machine(), 'micro': result}, '-micro')}")
         return 0
     if command == "memory":
@@ -76,17 +96,22 @@ def main(argv: list[str] | None = None) -> int:
 
     parser.add_argument("--runs", type=int, default=3, help="repetitions; medians are reported (default 3)")
     parser.add_argument("--events", type=int, default=None,
-                        help="pre-produced events for the throughput runs (default 60000, --quick 15000)")
+                        help="pre-produced events for the throughput runs (default 40000, --quick 15000)")
     parser.add_argument("--s3-events", type=int, default=None, help="events for the S3 run (default 3000)")
     parser.add_argument("--rate", type=int, default=2000, help="offered events/s of the latency run")
     parser.add_argument("--latency-seconds", type=float, default=None, help="length of the latency run (15)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--workspaces", type=int, default=5000)
+    parser.add_argument("--workspaces", type=int, default=5000, help="in partners of 100 workspaces")
+    parser.add_argument("--partner-wide", type=int, default=10,
+                        help="partners streaming partner-wide (default 10 of 50); the other partners' workspaces "
+                             "have their own destination half of the time")
     parser.add_argument("--quick", action="store_true", help="1 run, fewer events, shorter latency run")
     parser.add_argument("--skip", action="append", default=[], choices=["baseline", "rest", "latency", "s3"],
-                        help="leave a phase out (repeatable)")
+                        help="leave a phase out (repeatable; skipping rest skips latency too)")
     parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the workers, e.g. STREAMER_BATCH_MAX=1000 (repeatable)")
+    parser.add_argument("--profile-worker", action="store_true",
+                        help="run the REST worker under cProfile and print where its time goes")
     args = parser.parse_args(argv)
     opts = Options.from_args(args)
     result = run_pipeline(opts)

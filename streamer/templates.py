@@ -9,6 +9,7 @@ around the placeholders. Rendering is then a join: no JSON parsing per event.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import time
@@ -80,8 +81,12 @@ def compile_template(text: str) -> CompiledTemplate:
                             needs_time=any(s.startswith("now") for s in slots))
 
 
+@functools.lru_cache(maxsize=4096)
 def try_compile(text: str | None) -> tuple[CompiledTemplate | None, str | None]:
-    """(compiled, None), or (None, warning) when the default message will be sent instead."""
+    """(compiled, None), or (None, warning) when the default message will be sent instead.
+
+    Cached: many configurations share a template text, and a compiled template is immutable,
+    so they share one in memory."""
     if text is None:
         return None, None
     try:

@@ -13,6 +13,7 @@ path is two dict lookups and no parsing.
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -51,16 +52,58 @@ def build_route(destination_id: str, scope: str, config: Configuration) -> Route
     template, _warning = try_compile(config.template)
     return Route(destination_id=destination_id, scope=scope, jobs=config.jobs,
                  user_activity=config.user_activity, template=template,
-                 destination_type=dest.type, destination=orjson.dumps(dest.model_dump(mode="json")),
+                 destination_type=dest.type, destination=_exact(orjson.dumps(dest.model_dump(mode="json"))),
                  s3_prefix=getattr(dest, "prefix", "") or "")
 
 
-@dataclass(slots=True)
 class WorkspaceEntry:
-    registration: Registration | None
-    config: Configuration | None
-    route: Route | None
-    command_id: str | None
+    """One workspace row as held in memory, compactly: a worker holds every workspace.
+
+    The registration and configuration were validated when the row was applied; they are
+    kept as their compact JSON (a pydantic model costs kilobytes) and rebuilt as models on
+    access, which only command handling and the admin CLI do. Routing reads `partner_id`
+    and `route`.
+    """
+
+    __slots__ = ("partner_id", "route", "command_id", "_registration", "_config")
+
+    def __init__(self, registration: Registration | None, config: Configuration | None, route: Route | None,
+                 command_id: str | None):
+        self.partner_id = sys.intern(registration.partner_id) if registration is not None else None
+        self.route = route
+        self.command_id = command_id
+        self._registration = _json(registration)
+        self._config = _json(config)
+
+    @property
+    def registration(self) -> Registration | None:
+        return None if self._registration is None else Registration.model_validate_json(self._registration)
+
+    @property
+    def config(self) -> Configuration | None:
+        return None if self._config is None else Configuration.model_validate_json(self._config)
+
+    def fingerprint(self, ws: str) -> bytes:
+        """orjson of [ws, registration dump, configuration dump], without rebuilding the models."""
+        return orjson.dumps([ws, _fragment(self._registration), _fragment(self._config)])
+
+    def __repr__(self) -> str:
+        return (f"WorkspaceEntry(partner_id={self.partner_id!r}, registered={self._registration is not None}, "
+                f"configured={self._config is not None}, command_id={self.command_id!r})")
+
+
+def _json(model: Registration | Configuration | None) -> bytes | None:
+    return None if model is None else _exact(orjson.dumps(model.model_dump(mode="json")))
+
+
+def _exact(data: bytes) -> bytes:
+    """A copy of exactly its size. orjson's output keeps the capacity of its write buffer (4 KB
+    for a 500-byte document): fine for a message on its way out, not for the 100,000 held here."""
+    return bytes(memoryview(data))
+
+
+def _fragment(data: bytes | None) -> orjson.Fragment | None:
+    return None if data is None else orjson.Fragment(data)
 
 
 @dataclass(slots=True)
@@ -135,9 +178,7 @@ class SettingsState:
         """A fingerprint of every registration and configuration, to compare workers' views."""
         h = hashlib.sha256()
         for ws in sorted(self.workspaces):
-            e = self.workspaces[ws]
-            h.update(orjson.dumps([ws, e.registration and e.registration.model_dump(mode="json"),
-                                   e.config and e.config.model_dump(mode="json")]))
+            h.update(self.workspaces[ws].fingerprint(ws))
         for pid in sorted(self.partners):
             h.update(orjson.dumps([pid, self.partners[pid].config.model_dump(mode="json")]))
         return h.hexdigest()
@@ -151,9 +192,9 @@ class SettingsState:
         3. else nothing (an unregistered workspace is never streamed).
         """
         entry = self.workspaces.get(workspace_id)
-        if entry is None or entry.registration is None:
+        if entry is None or entry.partner_id is None:
             return None
-        partner = self.partners.get(entry.registration.partner_id)
+        partner = self.partners.get(entry.partner_id)
         if partner is not None and partner.route is not None:
             return partner.route
         return entry.route

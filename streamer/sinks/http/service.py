@@ -1,4 +1,4 @@
-"""REST sink I/O: a connection pool per destination, SSRF-safe resolution, one attempt per call.
+"""REST sink I/O: one shared connection pool, SSRF-safe resolution, one attempt per call.
 
 Retries are not done here: the engine decides (in-line backoff, the retry topic, or a dead
 letter), so every attempt is counted and the partition never blocks on one destination.
@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
 
@@ -64,34 +67,61 @@ def auth_headers(dest: dict[str, Any], keys: dict[str, bytes]) -> dict[str, str]
 
 
 class HttpSink:
+    """One connection pool for every destination, and per destination its auth headers
+    (decrypted once), URL and a cap on concurrent requests.
+
+    Destinations on one host (every tenant of one Datadog site, say) share keep-alive
+    connections instead of each opening its own: with thousands of destinations a
+    per-destination pool mostly re-connects. Requests stay per destination (one tenant's
+    headers, never batched with another's); the pool keeps no cookies, so nothing one
+    destination's server sets reaches another's requests; and the per-destination cap
+    bounds what one slow destination can hold, as its own pool's limit did.
+    """
+
+    MAX_DESTINATIONS = 20_000  # cached destinations; the least recently used are forgotten
+
     def __init__(self, encryption_keys: dict[str, bytes], allow_private: bool, concurrency: int, timeout_s: float):
         self._keys = encryption_keys
         self._allow_private = allow_private
         self._concurrency = concurrency
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 5))
-        self._pools: dict[str, tuple[aiohttp.ClientSession, dict[str, str]]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._destinations: OrderedDict[bytes, _Destination] = OrderedDict()
 
-    def _pool(self, dest: dict[str, Any]) -> tuple[aiohttp.ClientSession, dict[str, str]]:
-        fp = hashlib.sha256(repr(sorted(dest.items())).encode()).hexdigest()
-        if fp not in self._pools:
-            connector = aiohttp.TCPConnector(limit=self._concurrency, ttl_dns_cache=60,
+    def _shared_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60,
                                              resolver=None if self._allow_private else PublicOnlyResolver())
-            session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
-                                            headers={"User-Agent": "streamer/0.1"})
-            self._pools[fp] = (session, auth_headers(dest, self._keys))
-        return self._pools[fp]
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
+                                                  cookie_jar=aiohttp.DummyCookieJar(),
+                                                  headers={"User-Agent": "streamer/0.1"})
+        return self._session
+
+    def _destination(self, dest: dict[str, Any]) -> "_Destination":
+        fp = hashlib.sha256(orjson.dumps(dest, option=orjson.OPT_SORT_KEYS)).digest()
+        found = self._destinations.get(fp)
+        if found is not None:
+            self._destinations.move_to_end(fp)
+            return found
+        found = _Destination({**dest, "url": endpoint(dest)}, auth_headers(dest, self._keys),
+                             asyncio.Semaphore(self._concurrency))
+        self._destinations[fp] = found
+        if len(self._destinations) > self.MAX_DESTINATIONS:
+            self._destinations.popitem(last=False)
+        return found
 
     async def send(self, destination: dict[str, Any], deliveries: list[Delivery]) -> list[Outcome]:
         provider = PROVIDERS[destination.get("provider", "generic")]
-        session, headers = self._pool(destination)
-        dest = {**destination, "url": endpoint(destination)}
-        encoded = provider.encode(dest, headers, deliveries)
+        target = self._destination(destination)
+        session = self._shared_session()
+        encoded = provider.encode(target.dest, target.headers, deliveries)
         outcomes: list[Outcome] = [DELIVERED] * len(deliveries)
         for r in encoded.rejected:
             outcomes[r.index] = Outcome(False, False, r.reason)
 
         async def post(req) -> None:
-            outcome = await self._post(session, provider.POLICY, req)
+            async with target.limit:
+                outcome = await self._post(session, provider.POLICY, req)
             for i in req.items:
                 outcomes[i] = outcome
 
@@ -113,6 +143,13 @@ class HttpSink:
             return Outcome(False, True, f"network error: {type(e).__name__}: {e}"[:300])
 
     async def close(self) -> None:
-        for session, _ in self._pools.values():
-            await session.close()
-        self._pools.clear()
+        if self._session is not None:
+            await self._session.close()
+        self._destinations.clear()
+
+
+@dataclass(slots=True)
+class _Destination:
+    dest: dict[str, Any]  # as configured, with the provider's full endpoint URL
+    headers: dict[str, str]  # plain and decrypted secret headers
+    limit: asyncio.Semaphore  # concurrent requests to this destination
