@@ -54,7 +54,7 @@ class Config:
     breaker_failures: int = 5
     breaker_reset_s: float = 10.0
     batch_max: int = 500
-    batch_linger_s: float = 0.5
+    batch_linger_s: float = 0.1
     s3_endpoint_url: str | None = None
     shutdown_grace_s: float = 20.0
     session_timeout_s: float = 10.0

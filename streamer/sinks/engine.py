@@ -88,6 +88,16 @@ class DeliveryEngine:
     breakers: dict[str, Breaker] = field(default_factory=lambda: defaultdict(Breaker))
     limits: dict[str, asyncio.Semaphore] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        t = self.destination_type
+        self._ok = metrics.attempts.labels(t, "ok")
+        self._retryable = metrics.attempts.labels(t, "retryable")
+        self._fatal = metrics.attempts.labels(t, "fatal")
+        self._delivered = metrics.deliveries.labels(t, "delivered")
+        self._parked = metrics.deliveries.labels(t, "parked")
+        self._dead = metrics.deliveries.labels(t, "dead_lettered")
+        self._latency = metrics.latency.labels(t)
+
     async def process(self, deliveries: list[Delivery]) -> None:
         groups: dict[str, list[Delivery]] = defaultdict(list)
         for d in deliveries:
@@ -125,22 +135,25 @@ class DeliveryEngine:
             async with limit:
                 outcomes = await self._send(dest_id, pending)
             retry: list[tuple[Delivery, Outcome]] = []
+            delivered = 0
+            now = now_ms()
             for d, o in zip(pending, outcomes):
                 d.attempts += 1
                 if o.ok:
                     d.settled = True
-                    metrics.attempts.labels(self.destination_type, "ok").inc()
-                    metrics.deliveries.labels(self.destination_type, "delivered").inc()
+                    delivered += 1
                     if d.produced_ms:
-                        metrics.latency.labels(self.destination_type).observe(max(0, now_ms() - d.produced_ms) / 1000)
+                        self._latency.observe(max(0, now - d.produced_ms) / 1000)
                 elif not o.retryable:
-                    metrics.attempts.labels(self.destination_type, "fatal").inc()
+                    self._fatal.inc()
                     d.errors.append(o.error)
                     await self._dead_letter([d], o.error)
                 else:
-                    metrics.attempts.labels(self.destination_type, "retryable").inc()
+                    self._retryable.inc()
                     d.errors.append(o.error)
                     retry.append((d, o))
+            self._ok.inc(delivered)
+            self._delivered.inc(delivered)
             breaker.record(len(retry) < len(pending) or not pending, self.cfg.breaker_failures)
             if not retry:
                 return
@@ -184,7 +197,7 @@ class DeliveryEngine:
                                d.headers(type=self.destination_type.encode(),
                                          next=str(now + int(delay * 1000)).encode()))
             d.settled = True
-            metrics.deliveries.labels(self.destination_type, "parked").inc()
+            self._parked.inc()
 
     async def _dead_letter(self, items: list[Delivery], error: str) -> None:
         for d in items:
@@ -192,7 +205,7 @@ class DeliveryEngine:
                                d.headers(type=self.destination_type.encode(), err=error[:2000].encode(),
                                          dead=str(now_ms()).encode()))
             d.settled = True
-            metrics.deliveries.labels(self.destination_type, "dead_lettered").inc()
+            self._dead.inc()
             log.error("delivery dead-lettered for %s: %s", d.destination_id, error,
                       extra={"destination_id": d.destination_id, "workspace_id": d.workspace_id,
                              "event_id": d.event_id})
