@@ -27,7 +27,7 @@ from streamer import metrics
 from streamer.config import Config
 from streamer.logs import logging_config
 from streamer.routing import Routed, Skip, route
-from streamer.events.parse import KIND_BY_TOPIC, Rejection
+from streamer.events.parse import KIND_BY_TOPIC
 from streamer.settings.processor import ReplayTarget, SettingsProcessor
 from streamer.settings.rules import Policy
 from streamer.settings.view import SettingsView

@@ -82,10 +82,7 @@ def run_demo(samples_dir: str | None, keep_running: bool, use_running: bool = Fa
 
 async def _demo(bootstrap: str, s3_endpoint: str, env: dict, files: list[Path], root: Path, keep: bool) -> int:
     from aiobotocore.session import get_session
-    from aiokafka import AIOKafkaProducer
 
-    from streamer.admin import AdminClient
-    from streamer.config import Config
     from streamer.topics_admin import apply_topics
 
     report = await apply_topics(bootstrap)

@@ -6,7 +6,6 @@ import asyncio
 import random
 
 import orjson
-import pytest
 
 from streamer.events.parse import derive_event_id
 from tests.support import (accepted, activity_event, admin_for, consume, http_config, job_event, make_bucket,
