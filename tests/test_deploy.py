@@ -784,3 +784,20 @@ def test_dockerignore_keeps_the_context_to_the_sources():
     included = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
     assert {"pyproject.toml", "constraints.txt", "streamer", "topics"} <= included
     assert not included & {".venv", ".git", ".cache", "tests", ".local"}
+
+
+def test_the_deploy_doc_names_what_the_files_define():
+    """docs/deploy.md (linked from the README) must not drift from the files it describes."""
+    import re
+
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    for path in set(re.findall(r"(?:k8s|scripts)/[A-Za-z0-9/._-]*[A-Za-z0-9_]", doc)):
+        assert (ROOT / path).exists(), f"docs/deploy.md names {path}, which does not exist"
+    k8s_text = "\n".join(p.read_text() for p in (ROOT / "k8s").rglob("*.yaml"))
+    for name in set(re.findall(r"(?:secret generic|deploy/)\s*([a-z0-9-]+)", doc)):
+        assert f"name: {name}" in k8s_text, f"docs/deploy.md names {name}, no k8s object has that name"
+    compose = (ROOT / "docker-compose.yml").read_text()
+    for port in set(re.findall(r"localhost:(\d{4})", doc)):
+        assert f":{port}" in compose, f"docs/deploy.md uses localhost:{port}, not published by compose"
+    readme = (ROOT / "README.md").read_text()
+    assert "docs/deploy.md" in readme
