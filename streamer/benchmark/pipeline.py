@@ -100,7 +100,7 @@ def run_pipeline(opts: Options) -> dict[str, Any]:
 
 
 async def _main(opts: Options, bootstrap: str, s3: str, root: Path) -> dict[str, Any]:
-    from tests.support import ENCRYPTION_KEY, worker_env
+    from streamer.dev.harness import ENCRYPTION_KEY, worker_env
 
     receiver = Receiver(DD_API_KEY)
     await receiver.start()
@@ -228,7 +228,7 @@ async def _passthrough(bootstrap: str, prefix: str, n: int, timeout: float = 300
 
 class Workers:
     def __init__(self, env: dict[str, str], workdir: Path, count: int, profile_to: Path | None = None):
-        from tests.support import WorkerProcess
+        from streamer.dev.harness import WorkerProcess
 
         self.procs = [WorkerProcess(env, workdir / f"worker{i}") for i in range(count)]
         if profile_to is not None:  # the first worker runs under cProfile, its stats written at exit
@@ -426,7 +426,7 @@ async def _latency(opts: Options, receiver: Receiver, bootstrap: str, prefix: st
 
 async def _s3(opts: Options, base_env, bootstrap: str, s3: str, keys: dict[str, bytes], workdir: Path,
               run: int) -> dict[str, Any]:
-    from tests.support import make_bucket
+    from streamer.dev.harness import make_bucket
 
     bucket = f"bench-{uuid.uuid4().hex[:10]}"
     await make_bucket(s3, bucket)
