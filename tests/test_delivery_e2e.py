@@ -257,3 +257,26 @@ async def test_bad_records_are_rejected_with_reasons_while_good_ones_flow(env, w
     reasons = {dict(r.headers)["reason"].decode() for r in rejected}
     assert len(reasons) >= 18, reasons
     assert len(await providers.wait_items("ok", good)) == good
+
+
+async def test_big_events_through_the_real_broker(env, worker_factory, kafka, prefix, providers, s3):
+    """A 42 MB job-details event (over the default 40 MB limit) arrives with its lines replaced;
+    a 6 MB one arrives whole. Both cross the broker twice (raw topic, delivery topic)."""
+    bucket = prefix.rstrip(".").lower() + "-big"
+    await make_bucket(s3, bucket)
+    worker_factory().wait_ready()
+    async with admin_for(env) as admin:
+        for ws, cfg in (("71", http_config(providers, "generic", "big", jobs="details")),
+                        ("72", s3_config(s3, bucket, jobs="details"))):
+            await accepted(admin, "register_workspace", workspace_id=ws, partner_id="p", role="customer")
+            await accepted(admin, "put_workspace_config", workspace_id=ws, config=cfg)
+    step = lambda n, size: {"recipe_line_number": n, "adapter_name": "http", "input": {"blob": "x" * size}}
+    huge = job_event(71, "j-huge", lines=[step(n, 1_050_000) for n in range(40)])
+    large = job_event(72, "j-large", lines=[step(n, 1_000_000) for n in range(6)])
+    assert len(orjson.dumps(huge)) > 42_000_000
+    await produce(kafka, prefix + DETAILS, [(b"71", orjson.dumps(huge)), (b"72", orjson.dumps(large))])
+    got = await providers.wait_items("big", 1, timeout=90)
+    assert got[0]["id"] == "j-huge" and got[0]["lines"] == "Log lines exceed size limit"
+    objects = await s3_objects(s3, bucket, 1, timeout=90)
+    (body, _), = objects.values()
+    assert orjson.loads(body) == large
