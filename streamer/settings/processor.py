@@ -15,6 +15,7 @@ import orjson
 from streamer.dlq import read_dead_letters
 from streamer.settings.rules import Decision, Policy, cutoff, decide
 from streamer.settings.secrets import redact
+from streamer.settings.urls import resolve_hosts, urls_in
 from streamer.settings.view import SettingsView
 from streamer.sinks.base import Delivery
 
@@ -44,7 +45,13 @@ class SettingsProcessor:
     async def handle(self, raw: bytes | None, offset: int) -> dict[str, Any]:
         await self.view.caught_up()
         now = datetime.now(timezone.utc)
-        decision = decide(self.view.state, raw or b"", offset, self.policy, now)
+        resolved = None
+        if not self.policy.allow_private_destinations:
+            try:
+                resolved = await resolve_hosts(urls_in(orjson.loads(raw or b"null")))
+            except orjson.JSONDecodeError:
+                resolved = {}  # decide() words the rejection
+        decision = decide(self.view.state, raw or b"", offset, self.policy, now, resolved)
         if decision.previous_result is not None:
             result = decision.previous_result
         else:

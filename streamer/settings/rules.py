@@ -56,7 +56,8 @@ def _field_error(err: ValidationError) -> str:
     return f"field '{loc}': {first['msg']}" if loc else first["msg"]
 
 
-def check_configuration(config: Configuration, policy: Policy) -> tuple[str | None, str | None]:
+def check_configuration(config: Configuration, policy: Policy,
+                        resolved: dict[str, list[str]] | None = None) -> tuple[str | None, str | None]:
     """(reason to reject, warning)."""
     for envelope in secrets.find_envelopes(config.model_dump(mode="json")):
         try:
@@ -65,7 +66,7 @@ def check_configuration(config: Configuration, policy: Policy) -> tuple[str | No
             return str(e), None
     dest = config.destination
     if isinstance(dest, HttpDestination):
-        reason = check_url(dest.url, policy.allow_private_destinations)
+        reason = check_url(dest.url, policy.allow_private_destinations, resolved)
         if reason:
             return f"destination {reason}", None
         if dest.provider == "datadog" and dest.api_key is None:
@@ -74,7 +75,7 @@ def check_configuration(config: Configuration, policy: Policy) -> tuple[str | No
             return "a splunk destination needs token", None
     elif isinstance(dest, S3Destination):
         if dest.endpoint_url:
-            reason = check_url(dest.endpoint_url, policy.allow_private_destinations)
+            reason = check_url(dest.endpoint_url, policy.allow_private_destinations, resolved)
             if reason:
                 return f"s3 endpoint {reason}", None
         if (dest.access_key_id is None) != (dest.secret_access_key is None):
@@ -83,7 +84,9 @@ def check_configuration(config: Configuration, policy: Policy) -> tuple[str | No
     return None, warning
 
 
-def decide(state: SettingsState, raw: bytes, offset: int, policy: Policy, now: datetime) -> Decision:
+def decide(state: SettingsState, raw: bytes, offset: int, policy: Policy, now: datetime,
+           resolved: dict[str, list[str]] | None = None) -> Decision:
+    """`resolved`: the destination hosts' addresses, looked up by the caller (no I/O here)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
@@ -111,7 +114,7 @@ def decide(state: SettingsState, raw: bytes, offset: int, policy: Policy, now: d
                             already_applied=seen.result is None, issued_at=cmd.issued_at)
         return _reject(cmd.command_id, f"command id {cmd.command_id!r} was already used (replay refused)")
 
-    decision = _rules(state, cmd, policy)
+    decision = _rules(state, cmd, policy, resolved)
     decision.issued_at = cmd.issued_at
     if decision.row_value is not None:
         decision.row_value["command"] = {"id": cmd.command_id, "offset": offset,
@@ -119,7 +122,7 @@ def decide(state: SettingsState, raw: bytes, offset: int, policy: Policy, now: d
     return decision
 
 
-def _rules(state: SettingsState, cmd, policy: Policy) -> Decision:
+def _rules(state: SettingsState, cmd, policy: Policy, resolved: dict[str, list[str]] | None) -> Decision:
     cid = cmd.command_id
     if isinstance(cmd, RegisterWorkspace):
         entry = state.workspaces.get(cmd.workspace_id)
@@ -147,7 +150,7 @@ def _rules(state: SettingsState, cmd, policy: Policy) -> Decision:
             return _reject(cid, f"partner {reg.partner_id} has partner-wide streaming enabled "
                                 f"(stream all customers), which overrides workspace settings; "
                                 f"disable it first")
-        reason, warning = check_configuration(cmd.config, policy)
+        reason, warning = check_configuration(cmd.config, policy, resolved)
         if reason:
             return _reject(cid, reason)
         return _accept(cid, f"ws/{cmd.workspace_id}", {"registration": reg.model_dump(mode="json"),
@@ -158,7 +161,7 @@ def _rules(state: SettingsState, cmd, policy: Policy) -> Decision:
             return _reject(cid, f"workspace {cmd.workspace_id} has no configuration")
         return _accept(cid, f"ws/{cmd.workspace_id}", {"registration": _dump(entry.registration), "config": None})
     if isinstance(cmd, PutPartnerConfig):
-        reason, warning = check_configuration(cmd.config, policy)
+        reason, warning = check_configuration(cmd.config, policy, resolved)
         if reason:
             return _reject(cid, reason)
         return _accept(cid, f"partner/{cmd.partner_id}", {"config": _dump(cmd.config)}, warning)
