@@ -242,16 +242,12 @@ engine_cfg = EngineConfig(
     breaker_reset_s=cfg.breaker_reset_s, destination_concurrency=cfg.destination_concurrency)
 
 
-async def _produce_for_engine(topic: str, key: bytes, value: bytes, headers: list) -> None:
-    await produce_one(topic, key, value, headers)
-
-
 engines = {
     "s3": DeliveryEngine("s3", S3Sink(cfg.encryption_keys, cfg.s3_endpoint_url, 16, cfg.http_timeout_s),
-                         _produce_for_engine, engine_cfg),
+                         produce_all, engine_cfg),
     "http": DeliveryEngine("http", HttpSink(cfg.encryption_keys, cfg.allow_private_destinations,
                                             cfg.destination_concurrency, cfg.http_timeout_s),
-                           _produce_for_engine, engine_cfg),
+                           produce_all, engine_cfg),
 }
 
 

@@ -33,8 +33,8 @@ def delivery(dest: str, eid: str, destination: bytes = b'{"type": "http"}') -> D
 
 
 def engine(sink, produced, **cfg):
-    async def produce(topic, key, value, headers):
-        produced.append((topic, key.decode(), dict(headers)))
+    async def produce(records):
+        produced.extend((topic, key.decode(), dict(headers)) for topic, key, _value, headers in records)
 
     return DeliveryEngine("http", sink, produce, EngineConfig(retry_topic="retry", dead_letter_topic="dlq",
                                                               retry_base_s=0.001, **cfg))

@@ -29,7 +29,8 @@ from streamer.sinks.base import Delivery, Outcome, Sink, now_ms
 
 log = logging.getLogger(__name__)
 
-Produce = Callable[[str, bytes, bytes, list], Awaitable[None]]  # durable: returns once acked
+# Durable: returns once the broker acked every (topic, key, value, headers) record.
+Produce = Callable[[list[tuple[str, bytes, bytes, list]]], Awaitable[object]]
 
 
 @dataclass
@@ -182,33 +183,41 @@ class DeliveryEngine:
             return [Outcome(False, True, f"internal error: {type(e).__name__}: {e}"[:300])] * len(pending)
 
     async def _park(self, items: list[Delivery], error: str, retry_after: float | None) -> None:
+        """Hand deliveries to the retry topic (or, past the horizon, the dead-letter topic),
+        all in one durable send."""
         now = now_ms()
+        parked, expired = [], []
         for d in items:
             if not d.first_attempt_ms:
                 d.first_attempt_ms = now
             if d.errors[-1:] != [error]:
                 d.errors.append(error)
             if (now - d.first_attempt_ms) / 1000 >= self.cfg.retry_horizon_s:
-                await self._dead_letter([d], f"retry horizon of {self.cfg.retry_horizon_s:g}s exceeded; "
-                                             f"last error: {error}")
+                expired.append(d)
                 continue
             delay = backoff(max(d.attempts, 1), self.cfg.retry_base_s * 5, self.cfg.retry_max_backoff_s, retry_after)
-            await self.produce(self.cfg.retry_topic, d.destination_id.encode(), d.message,
-                               d.headers(type=self.destination_type.encode(),
-                                         next=str(now + int(delay * 1000)).encode()))
-            d.settled = True
-            self._parked.inc()
+            parked.append((self.cfg.retry_topic, d.destination_id.encode(), d.message,
+                           d.headers(type=self.destination_type.encode(), next=str(now + int(delay * 1000)).encode())))
+        if expired:
+            await self._dead_letter(expired, f"retry horizon of {self.cfg.retry_horizon_s:g}s exceeded; "
+                                             f"last error: {error}")
+        if parked:
+            await self.produce(parked)
+            for d in items:
+                d.settled = True
+            self._parked.inc(len(parked))
 
     async def _dead_letter(self, items: list[Delivery], error: str) -> None:
+        dead_at = str(now_ms()).encode()
+        await self.produce([(self.cfg.dead_letter_topic, d.destination_id.encode(), d.message,
+                             d.headers(type=self.destination_type.encode(), err=error[:2000].encode(), dead=dead_at))
+                            for d in items])
         for d in items:
-            await self.produce(self.cfg.dead_letter_topic, d.destination_id.encode(), d.message,
-                               d.headers(type=self.destination_type.encode(), err=error[:2000].encode(),
-                                         dead=str(now_ms()).encode()))
             d.settled = True
-            self._dead.inc()
             log.error("delivery dead-lettered for %s: %s", d.destination_id, error,
                       extra={"destination_id": d.destination_id, "workspace_id": d.workspace_id,
                              "event_id": d.event_id})
+        self._dead.inc(len(items))
 
     def _export_breakers(self) -> None:
         metrics.breakers_open.labels(self.destination_type).set(sum(1 for b in self.breakers.values() if b.is_open))
