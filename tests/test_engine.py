@@ -12,10 +12,12 @@ class ScriptedSink:
     def __init__(self, script):
         self.script = script  # destination id -> list of outcomes (or "hang", or an exception)
         self.calls: list[str] = []
+        self.sent: list[tuple[str | None, str]] = []  # (destination url, event id)
 
     async def send(self, destination, deliveries):
         dest = deliveries[0].destination_id
         self.calls.append(dest)
+        self.sent.extend((destination.get("url"), d.event_id) for d in deliveries)
         step = self.script[dest].pop(0) if self.script[dest] else DELIVERED
         if step == "hang":
             await asyncio.sleep(3600)
@@ -83,3 +85,12 @@ def test_breaker_half_opens_after_the_reset():
     assert b.is_open  # a failed trial re-opens at once
     b.record(True, threshold=3)
     assert not b.is_open
+
+
+async def test_one_id_with_two_destinations_in_a_batch_sends_each_where_it_was_routed():
+    """A settings change between two events of one workspace: same id, different destinations."""
+    sink = ScriptedSink({"workspace:7": []})
+    old, new = b'{"type": "http", "url": "https://old"}', b'{"type": "http", "url": "https://new"}'
+    await engine(sink, []).process([delivery("workspace:7", "e1", old), delivery("workspace:7", "e2", new),
+                                    delivery("workspace:7", "e3", old)])
+    assert sorted(sink.sent) == [("https://new", "e2"), ("https://old", "e1"), ("https://old", "e3")]

@@ -100,11 +100,14 @@ class DeliveryEngine:
         self._latency = metrics.latency.labels(t)
 
     async def process(self, deliveries: list[Delivery]) -> None:
-        groups: dict[str, list[Delivery]] = defaultdict(list)
+        # Grouped by id *and* the destination as routed: the id names a scope
+        # ("workspace:7"), so a batch that straddles a settings change holds records for
+        # the old and the new destination under one id, and each must go where it was routed.
+        groups: dict[tuple[str, bytes], list[Delivery]] = defaultdict(list)
         for d in deliveries:
-            groups[d.destination_id].append(d)
+            groups[d.destination_id, d.destination].append(d)
         tasks = {asyncio.create_task(self._group(dest_id, items)): (dest_id, items)
-                 for dest_id, items in groups.items()}
+                 for (dest_id, _destination), items in groups.items()}
         done, slow = await asyncio.wait(tasks, timeout=self.cfg.deadline_s)
         for task in slow:
             task.cancel()
