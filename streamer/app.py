@@ -24,6 +24,7 @@ from prometheus_client import generate_latest
 
 import topics as T
 from streamer import metrics
+from streamer.batching import App, batches, overlapped
 from streamer.config import Config
 from streamer.logs import logging_config
 from streamer.routing import Routed, Skip, route
@@ -40,7 +41,7 @@ log = logging.getLogger("streamer")
 cfg = Config.from_env()
 BIG = 52 * 1024 * 1024
 
-app = faust.App(
+app = App(
     cfg.app_id,
     broker=f"kafka://{cfg.bootstrap_servers}",
     store="memory://",
@@ -167,19 +168,6 @@ processor = SettingsProcessor(view, produce_one, policy, cfg.topic(T.SETTINGS_TA
                               ReplayTarget(cfg.bootstrap_servers, cfg.topic(T.DEAD_LETTERS), DELIVERY_TOPIC, produce_all))
 
 
-async def batches(stream, max_: int, within: float):
-    """Batches of events that are acked only after the body of the loop finished with them.
-
-    Not `take_events`: it acks the whole batch in a `finally`, so an agent cancelled
-    mid-batch (shutdown, rebalance) would commit offsets of events never handed on.
-    `noack_take` leaves acking to us; a cancelled batch is simply processed again.
-    """
-    async for events in stream.noack_take(max_, within):
-        yield events
-        for event in events:
-            await stream.ack(event)
-
-
 @app.agent(commands_topic)
 async def settings_commands(stream):
     async for events in batches(stream, 100, 0.05):
@@ -229,8 +217,8 @@ async def route_batch(events) -> None:
 @app.agent(raw_topics)
 async def route_events(stream):
     await view.ready.wait()
-    async for events in batches(stream, cfg.batch_max, cfg.batch_linger_s):
-        await steadfast("routing", lambda: route_batch(events))
+    await overlapped(stream, cfg.batch_max, cfg.batch_linger_s,
+                     lambda events: steadfast("routing", lambda: route_batch(events)), cfg.batches_in_flight)
 
 
 # -- delivery ---------------------------------------------------------------------------------
@@ -251,22 +239,21 @@ engines = {
 }
 
 
-def _deliveries(events) -> list[Delivery]:
-    return [Delivery.from_record(e.message.key, e.message.value, e.message.headers) for e in events]
+async def deliver(kind: str, events) -> None:
+    batch = [Delivery.from_record(e.message.key, e.message.value, e.message.headers) for e in events]
+    await steadfast(f"{kind} delivery", lambda: engines[kind].process([d for d in batch if not d.settled]))
 
 
 @app.agent(s3_topic)
 async def deliver_s3(stream):
-    async for events in batches(stream, cfg.batch_max, cfg.batch_linger_s):
-        batch = _deliveries(events)
-        await steadfast("s3 delivery", lambda: engines["s3"].process([d for d in batch if not d.settled]))
+    await overlapped(stream, cfg.batch_max, cfg.batch_linger_s, lambda events: deliver("s3", events),
+                     cfg.batches_in_flight)
 
 
 @app.agent(http_topic)
 async def deliver_http(stream):
-    async for events in batches(stream, cfg.batch_max, cfg.batch_linger_s):
-        batch = _deliveries(events)
-        await steadfast("http delivery", lambda: engines["http"].process([d for d in batch if not d.settled]))
+    await overlapped(stream, cfg.batch_max, cfg.batch_linger_s, lambda events: deliver("http", events),
+                     cfg.batches_in_flight)
 
 
 @app.agent(retry_topic)

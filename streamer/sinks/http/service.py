@@ -125,7 +125,10 @@ class HttpSink:
             for i in req.items:
                 outcomes[i] = outcome
 
-        await asyncio.gather(*(post(r) for r in encoded.requests))
+        if len(encoded.requests) == 1:  # the common case: no task for a single request
+            await post(encoded.requests[0])
+        else:
+            await asyncio.gather(*(post(r) for r in encoded.requests))
         return outcomes
 
     async def _post(self, session: aiohttp.ClientSession, policy, req) -> Outcome:
