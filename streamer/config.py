@@ -56,6 +56,7 @@ class Config:
     batch_max: int = 500
     batch_linger_s: float = 0.1
     batches_in_flight: int = 2
+    gc_gen0_threshold: int = 50_000
     s3_endpoint_url: str | None = None
     shutdown_grace_s: float = 20.0
     session_timeout_s: float = 10.0
@@ -87,6 +88,7 @@ class Config:
             batch_max=int(_env("BATCH_MAX", str(cls.batch_max))),
             batch_linger_s=float(_env("BATCH_LINGER_S", str(cls.batch_linger_s))),
             batches_in_flight=max(1, int(_env("BATCHES_IN_FLIGHT", str(cls.batches_in_flight)))),
+            gc_gen0_threshold=int(_env("GC_GEN0_THRESHOLD", str(cls.gc_gen0_threshold))),
             s3_endpoint_url=_env("S3_ENDPOINT_URL", "") or None,
             shutdown_grace_s=float(_env("SHUTDOWN_GRACE_S", str(cls.shutdown_grace_s))),
             session_timeout_s=float(_env("SESSION_TIMEOUT_S", str(cls.session_timeout_s))),
