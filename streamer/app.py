@@ -13,7 +13,6 @@ lets an exception escape, because Faust would ack the event it was processing.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from collections import Counter, defaultdict
@@ -27,6 +26,7 @@ import topics as T
 from streamer import metrics
 from streamer.batching import App, batches, overlapped
 from streamer.config import Config
+from streamer.gc_tuning import track_gc_time, tune_gc
 from streamer.logs import logging_config
 from streamer.routing import Routed, Skip, route
 from streamer.events.parse import KIND_BY_TOPIC
@@ -158,29 +158,9 @@ class SettingsViewService(mode.Service):
 
     @mode.Service.task
     async def _tune_gc_once_recovered(self) -> None:
+        track_gc_time()
         await self.view.ready.wait()
         tune_gc(cfg.gc_gen0_threshold)
-
-
-def tune_gc(gen0_threshold: int) -> None:
-    """Keep Python's cyclic garbage collector from eating a third of the worker's CPU.
-
-    A batch keeps hundreds of parsed events alive (a job-details event alone is ~1,200
-    objects) across many young collections, so they are promoted and trigger full
-    collections, and each full collection walks every object the worker holds: Faust,
-    aiohttp, pydantic and the settings. Measured (docs/performance.md): 377 -> 253 us of
-    worker CPU per event. So, once startup and the settings recovery are done, everything
-    alive is frozen (the collector no longer walks it; it is still freed by reference
-    counting, and the settings entries hold no reference cycles), and young collections
-    run every `gen0_threshold` allocations instead of every 700. 0 keeps Python's defaults.
-    """
-    if gen0_threshold <= 0:
-        return
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(gen0_threshold, gen1, gen2)
-    log.info("gc tuned: %d objects frozen, gen0 threshold %d", gc.get_freeze_count(), gen0_threshold)
 
 
 view_service = SettingsViewService()

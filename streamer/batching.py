@@ -103,41 +103,49 @@ class App(faust.App):
         return Transport(self.conf.broker_consumer, self)
 
 
-async def batches(stream: faust.StreamT, max_: int, linger_s: float, *,
-                  ack: bool = True) -> AsyncIterator[list[faust.EventT]]:
-    """Batches of up to `max_` events, acked only after the loop body finished with them.
+async def _next_batch(queue: Any, max_: int, linger_s: float) -> list[faust.EventT] | None:
+    """The next batch from a subscription queue, or None once Faust stopped the stream.
 
     A batch starts with the first event that arrives and takes everything queued up to
     `max_`; if it is not full it lingers up to `linger_s` for more, so a backlog moves in
     full batches with no waiting and a trickle waits at most the linger.
-
-    Events are taken from the agent's own subscription queue (the one Faust's conductor
-    fills), as `Stream.noack_take` would, but in bulk. Acks go through `Stream.ack` as
-    before. A batch that is cancelled (shutdown, rebalance) is never acked, so it is read
-    again: at least once. Not `take_events`, which acks in a `finally`. With `ack=False` the
-    caller acks (see `overlapped`).
     """
-    channel = aiter(stream.channel)  # subscribes once, like iterating the stream would
-    queue = channel.queue
-    while True:
-        try:
-            batch = [await queue.get()]
-            deadline = time.monotonic() + linger_s
-            while True:
-                while len(batch) < max_ and not queue.empty():
-                    batch.append(queue.get_nowait())
-                left = deadline - time.monotonic()
-                if len(batch) >= max_ or left <= 0:
-                    break
-                await asyncio.sleep(min(left, POLL_S))
-        except StopAsyncIteration:
-            # Faust ends its streams by throwing this into their queues when the agent
-            # stops. The events taken so far are not acked, so they are read again.
-            return
+    try:
+        batch = [await queue.get()]
+        deadline = time.monotonic() + linger_s
+        while True:
+            while len(batch) < max_ and not queue.empty():
+                batch.append(queue.get_nowait())
+            left = deadline - time.monotonic()
+            if len(batch) >= max_ or left <= 0:
+                return batch
+            await asyncio.sleep(min(left, POLL_S))
+    except StopAsyncIteration:
+        # Faust ends its streams by throwing this into their queues when the agent stops.
+        # The events taken so far are not acked, so they are read again.
+        return None
+
+
+def _queue(stream: faust.StreamT) -> Any:
+    """The agent's subscription queue, the one Faust's conductor fills. Iterating the
+    channel subscribes it, as iterating the stream would: do it once per agent."""
+    return aiter(stream.channel).queue
+
+
+async def batches(stream: faust.StreamT, max_: int, linger_s: float) -> AsyncIterator[list[faust.EventT]]:
+    """Batches of up to `max_` events (see `_next_batch`), acked only after the loop body
+    finished with them.
+
+    Events are taken from the agent's own queue as `Stream.noack_take` would, but in
+    bulk, and acked through `Stream.ack` as before. A batch that is cancelled (shutdown,
+    rebalance) is never acked, so it is read again: at least once. Not `take_events`,
+    which acks in a `finally`.
+    """
+    queue = _queue(stream)
+    while (batch := await _next_batch(queue, max_, linger_s)) is not None:
         yield batch
-        if ack:
-            for event in batch:
-                await stream.ack(event)
+        for event in batch:
+            await stream.ack(event)
 
 
 async def overlapped(stream: faust.StreamT, max_: int, linger_s: float,
@@ -149,9 +157,12 @@ async def overlapped(stream: faust.StreamT, max_: int, linger_s: float,
     the slowest destination of the batch). Acks may now complete out of order, which Faust
     handles: it commits a partition only up to its lowest unacked offset. So this trades
     order between batches (the spec promises none) for throughput, never at-least-once.
-    A handler that raises crashes the agent without acking; on shutdown the in-flight
-    handlers are cancelled and their batches, unacked, are read again.
+    A batch is taken only once a slot is free, so it holds everything that arrived while
+    the slots were busy and no event waits in a formed batch. A handler that raises stops
+    the agent (at its next batch) without acking; on shutdown the in-flight handlers are
+    cancelled and their batches, unacked, are read again.
     """
+    queue = _queue(stream)
     slots = asyncio.Semaphore(depth)
     running: set[asyncio.Task] = set()
 
@@ -164,11 +175,18 @@ async def overlapped(stream: faust.StreamT, max_: int, linger_s: float,
             slots.release()
 
     try:
-        async for batch in batches(stream, max_, linger_s, ack=False):
+        while True:
             await slots.acquire()
             for task in [t for t in running if t.done()]:
                 running.discard(task)
                 task.result()  # a handler's bug must stop the agent, not vanish
+            # Linger only while another batch is in flight: an idle agent starts on what it
+            # has at once (low latency when traffic is light), a busy one lets the next
+            # batch fill meanwhile (fewer, fuller requests when it is heavy).
+            busy = any(not t.done() for t in running)
+            batch = await _next_batch(queue, max_, linger_s if busy else 0.0)
+            if batch is None:
+                return
             running.add(asyncio.create_task(run(batch)))
     finally:
         for task in running:

@@ -54,7 +54,7 @@ class Config:
     breaker_failures: int = 5
     breaker_reset_s: float = 10.0
     batch_max: int = 500
-    batch_linger_s: float = 0.1
+    batch_linger_s: float = 0.05
     batches_in_flight: int = 2
     gc_gen0_threshold: int = 50_000
     s3_endpoint_url: str | None = None

@@ -31,3 +31,5 @@ settings_partners = Gauge("streamer_settings_partner_configs", "Partner-wide con
 settings_ready = Gauge("streamer_settings_ready", "1 once the settings view is complete", registry=REGISTRY)
 consumer_lag = Gauge("streamer_consumer_lag", "Records behind the end of each assigned partition",
                      ["topic", "partition"], registry=REGISTRY)
+gc_seconds = Counter("streamer_gc_seconds_total", "Time spent in Python's cyclic garbage collector",
+                     ["generation"], registry=REGISTRY)
