@@ -16,6 +16,7 @@ import time
 from streamer import metrics
 
 log = logging.getLogger(__name__)
+SLOW_COLLECTION_S = 0.1
 
 
 def tune_gc(gen0_threshold: int) -> None:
@@ -43,8 +44,13 @@ def _on_gc(phase: str, info: dict) -> None:
     if phase == "start":
         _started = time.perf_counter()
     elif _started is not None:
-        metrics.gc_seconds.labels(str(info["generation"])).inc(time.perf_counter() - _started)
+        took = time.perf_counter() - _started
         _started = None
+        metrics.gc_seconds.labels(str(info["generation"])).inc(took)
+        if took >= SLOW_COLLECTION_S:
+            # The whole worker (heartbeats included) stood still for this long.
+            log.warning("gc: a generation %d collection took %.0f ms (%d collected)",
+                        info["generation"], took * 1000, info["collected"])
 
 
 def track_gc_time() -> None:
