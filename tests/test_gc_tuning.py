@@ -7,7 +7,7 @@ import gc
 import pytest
 
 from streamer import metrics
-from streamer.gc_tuning import track_gc_time, tune_gc
+from streamer.gc_tuning import _on_gc, track_gc_time, tune_gc
 
 
 @pytest.fixture
@@ -36,5 +36,9 @@ def test_time_in_each_collection_is_counted():
     track_gc_time()  # idempotent: one callback, not two
     child = metrics.gc_seconds.labels("2")
     before = child._value.get()
-    gc.collect()
-    assert child._value.get() > before
+    try:
+        gc.collect()
+        assert child._value.get() > before
+        assert gc.callbacks.count(_on_gc) == 1
+    finally:
+        gc.callbacks.remove(_on_gc)  # not for the rest of this test process
