@@ -12,6 +12,8 @@ membership, rebalances, flow control, acks and commits) and drop that per-messag
 * `Consumer.wait_first` takes a fast path for the one call the fetch loop makes per message.
 * `batches()` takes events straight from the agent's subscription queue in bulk.
 
+On top of those, `overlapped()` lets an agent work on more than one batch at a time.
+
 `tests/test_batching.py` pins the Faust internals these rely on, so an upgrade of
 faust-streaming that changes them fails the tests instead of silently misbehaving.
 """
