@@ -25,10 +25,14 @@ from prometheus_client import generate_latest
 import topics as T
 from streamer import metrics
 from streamer.batching import App, batches, overlapped
+from streamer.isolation import isolated
+from streamer.liveness import Liveness
+from streamer.produce import DurableProducer, Refused, cut_down
+from streamer.retry_schedule import scheduled
 from streamer.config import Config
 from streamer.gc_tuning import track_gc_time, tune_gc
 from streamer.logs import logging_config
-from streamer.routing import Routed, Skip, route
+from streamer.routing import Routed, Skip, route_safely
 from streamer.events.parse import KIND_BY_TOPIC
 from streamer.settings.processor import ReplayTarget, SettingsProcessor
 from streamer.settings.rules import Policy
@@ -41,6 +45,8 @@ from streamer.sinks.s3.service import S3Sink
 log = logging.getLogger("streamer")
 cfg = Config.from_env()
 BIG = 52 * 1024 * 1024
+liveness = Liveness()
+App.queue_max_bytes = cfg.queue_max_bytes
 
 app = App(
     cfg.app_id,
@@ -90,50 +96,24 @@ DELIVERY_TOPIC = {"s3": cfg.topic(T.DELIVERIES_S3), "http": cfg.topic(T.DELIVERI
 
 # -- durable produce -------------------------------------------------------------------------
 
-async def produce_all(records: list[tuple[str, bytes | None, bytes | None, list | None]]) -> list[Any]:
-    """Send records and wait for every broker ack; resend what failed until it is acked.
-
-    Never gives up: an offset must not be committed before its output is durable, so a
-    broker outage stalls the pipeline instead of losing data.
-    """
-    results: list[Any] = [None] * len(records)
-    todo = list(range(len(records)))
-    delay = 0.5
-    while todo:
-        futs = []
-        for i in todo:
-            topic, key, value, headers = records[i]
-            try:
-                futs.append(await app.producer.send(topic, key, value, None, None, headers))
-            except Exception as e:  # buffer full or producer restarting
-                futs.append(_failed(e))
-        outcomes = await asyncio.gather(*futs, return_exceptions=True)
-        failed = []
-        for i, out in zip(todo, outcomes):
-            if isinstance(out, BaseException):
-                failed.append(i)
-            else:
-                results[i] = out
-        if failed:
-            log.warning("%d of %d records not acked by the broker; resending in %.1fs",
-                        len(failed), len(todo), delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10)
-        todo = failed
-    return results
+async def _send(topic: str, key: bytes | None, value: bytes | None, headers: list | None):
+    return await app.producer.send(topic, key, value, None, None, headers)
 
 
-async def _failed(e: Exception):
-    raise e
+# One producer for every agent, so one byte budget: no produce request can exceed what the
+# broker accepts, however the agents' large records meet (see streamer/produce.py).
+producer = DurableProducer(_send, cfg.produce_max_inflight_bytes)
+produce_all = producer.send_all  # per record: metadata or Refused
+produce_durably = producer.send_durably  # small records built here; a refusal is a bug
 
 
 async def produce_one(topic: str, key: bytes | None, value: bytes | None, headers: list | None = None):
-    return (await produce_all([(topic, key, value, headers)]))[0]
+    return (await produce_durably([(topic, key, value, headers)]))[0]
 
 
 async def steadfast(what: str, fn: Callable[[], Awaitable[Any]]) -> Any:
-    """Run `fn` until it succeeds. An unexpected error is logged and retried, never swallowed:
-    the batch stays unacked, so it is processed again rather than lost."""
+    """Run `fn` until it succeeds, for work that is not about one record (a settings
+    command's own errors become its rejection): the batch stays unacked and is retried."""
     delay = 1.0
     while True:
         try:
@@ -175,7 +155,7 @@ policy = Policy(signing_keys=cfg.signing_keys, encryption_keys=cfg.encryption_ke
                 command_max_age_s=cfg.command_max_age_s)
 processor = SettingsProcessor(view, produce_one, policy, cfg.topic(T.SETTINGS_TABLE),
                               cfg.topic(T.SETTINGS_RESULTS),
-                              ReplayTarget(cfg.bootstrap_servers, cfg.topic(T.DEAD_LETTERS), DELIVERY_TOPIC, produce_all))
+                              ReplayTarget(cfg.bootstrap_servers, cfg.topic(T.DEAD_LETTERS), DELIVERY_TOPIC, produce_durably))
 
 
 @app.agent(commands_topic)
@@ -189,9 +169,36 @@ async def settings_commands(stream):
 
 # -- routing ----------------------------------------------------------------------------------
 
+def rejected_record(msg, kind: str, reason: str) -> tuple[str, bytes | None, bytes | None, list]:
+    """The rejected copy of a raw record: its original bytes, where it came from and why."""
+    return (cfg.topic(T.REJECTED), msg.key, msg.value, [
+        ("reason", reason.encode()), ("source_topic", msg.topic.encode()),
+        ("source_partition", str(msg.partition).encode()), ("source_offset", str(msg.offset).encode()),
+        ("kind", kind.encode())])
+
+
+async def reject(events_and_reasons: list[tuple[Any, str]]) -> None:
+    """Durably write rejected copies; one the broker refuses (a value just under the raw
+    topic's limit is over it once the headers are added) is cut down so that it fits."""
+    records = []
+    for event, reason in events_and_reasons:
+        msg = event.message
+        kind = KIND_BY_PHYSICAL.get(msg.topic, "unknown")
+        records.append(rejected_record(msg, kind, reason))
+        metrics.events_rejected.labels(kind).inc()
+        log.info("rejected %s record %s/%d@%d: %s", kind, msg.topic, msg.partition, msg.offset, reason,
+                 extra={"kind": kind})
+    results = await produce_all(records)
+    cut = [cut_down(rec, r.reason) for rec, r in zip(records, results) if isinstance(r, Refused)]
+    if cut:
+        await produce_durably(cut)
+
+
 async def route_batch(events) -> None:
     state = view.state
     out: list[tuple[str, bytes | None, bytes | None, list | None]] = []
+    sources = []  # the raw event of each record in `out`
+    rejected: list[tuple[Any, str]] = []
     # Counted per batch, not per event: a labelled counter increment costs a lock each.
     consumed: Counter = Counter()
     routed: Counter = Counter()
@@ -200,22 +207,22 @@ async def route_batch(events) -> None:
         msg = event.message
         kind = KIND_BY_PHYSICAL[msg.topic]
         consumed[kind] += 1
-        result = route(state, kind, msg.value, msg.key, cfg.max_message_bytes, int(msg.timestamp * 1000))
+        result = route_safely(state, kind, msg.value, msg.key, cfg.max_message_bytes, int(msg.timestamp * 1000))
         if isinstance(result, Routed):
             out.append((DELIVERY_TOPIC[result.delivery_type], result.key, result.value, result.headers))
+            sources.append(event)
             routed[kind, result.delivery_type] += 1
         elif isinstance(result, Skip):
             skipped[kind, result.reason] += 1
         else:
-            out.append((cfg.topic(T.REJECTED), msg.key, msg.value, [
-                ("reason", result.reason.encode()), ("source_topic", msg.topic.encode()),
-                ("source_partition", str(msg.partition).encode()), ("source_offset", str(msg.offset).encode()),
-                ("kind", kind.encode())]))
-            metrics.events_rejected.labels(kind).inc()
-            log.info("rejected %s record %s/%d@%d: %s", kind, msg.topic, msg.partition, msg.offset,
-                     result.reason, extra={"kind": kind})
+            rejected.append((event, result.reason))
     if out:
-        await produce_all(out)
+        results = await produce_all(out)
+        for event, r in zip(sources, results):
+            if isinstance(r, Refused):  # the delivery record itself cannot be written
+                rejected.append((event, f"delivery record refused: {r.reason}"))
+    if rejected:
+        await reject(rejected)
     for kind, n in consumed.items():
         metrics.events_consumed.labels(kind).inc(n)
     for labels, n in routed.items():
@@ -224,11 +231,16 @@ async def route_batch(events) -> None:
         metrics.events_skipped.labels(*labels).inc(n)
 
 
+async def _reject_poison(event, reason: str) -> None:
+    await reject([(event, reason)])
+
+
 @app.agent(raw_topics)
 async def route_events(stream):
     await view.ready.wait()
     await overlapped(stream, cfg.batch_max, cfg.batch_linger_s,
-                     lambda events: steadfast("routing", lambda: route_batch(events)), cfg.batches_in_flight)
+                     lambda events: isolated("routing", events, route_batch, _reject_poison),
+                     cfg.batches_in_flight, cfg.batch_max_bytes, liveness.progress("route_events"))
 
 
 # -- delivery ---------------------------------------------------------------------------------
@@ -242,58 +254,91 @@ engine_cfg = EngineConfig(
 
 engines = {
     "s3": DeliveryEngine("s3", S3Sink(cfg.encryption_keys, cfg.s3_endpoint_url, 16, cfg.http_timeout_s),
-                         produce_all, engine_cfg),
+                         produce_all, engine_cfg, produce_durably),
     "http": DeliveryEngine("http", HttpSink(cfg.encryption_keys, cfg.allow_private_destinations,
                                             cfg.destination_concurrency, cfg.http_timeout_s),
-                           produce_all, engine_cfg),
+                           produce_all, engine_cfg, produce_durably),
 }
 
 
-async def deliver(kind: str, events) -> None:
-    batch = [Delivery.from_record(e.message.key, e.message.value, e.message.headers) for e in events]
-    await steadfast(f"{kind} delivery", lambda: engines[kind].process([d for d in batch if not d.settled]))
+async def _dead_letter_unreadable(event, reason: str) -> None:
+    """A record on a delivery topic that is not a delivery record (written by something
+    other than streamer): to the dead-letter topic as it is, with the reason."""
+    msg = event.message
+    record = (cfg.topic(T.DEAD_LETTERS), msg.key, msg.value,
+              [*(msg.headers or ()), ("err", reason[:2000].encode()), ("dead", str(now_ms()).encode())])
+    results = await produce_all([record])
+    if isinstance(results[0], Refused):
+        await produce_durably([cut_down(record, results[0].reason)])
+    log.error("unreadable delivery record %s/%d@%d dead-lettered: %s", msg.topic, msg.partition, msg.offset, reason)
+
+
+async def deliver(destination_type: str, events) -> None:
+    """Deliver a batch; a delivery that makes the engine raise is dead-lettered on its own
+    with the reason, and the rest goes on. Settled deliveries are never sent again."""
+    batch = []
+    for e in events:
+        try:
+            batch.append(Delivery.from_record(e.message.key, e.message.value, e.message.headers))
+        except Exception as exc:  # noqa: BLE001 - malformed headers: the reason goes with it
+            await _dead_letter_unreadable(e, f"not a delivery record: {type(exc).__name__}: {exc}")
+    engine = engines.get(destination_type)
+    if engine is None:
+        for e in events:
+            await _dead_letter_unreadable(e, f"unknown destination type {destination_type!r}")
+        return
+
+    async def handle(deliveries) -> None:
+        await engine.process([d for d in deliveries if not d.settled])
+
+    async def poison(d: Delivery, reason: str) -> None:
+        if not d.settled:
+            await engine.dead_letter([d], reason)
+
+    await isolated(f"{destination_type} delivery", batch, handle, poison)
 
 
 @app.agent(s3_topic)
 async def deliver_s3(stream):
     await overlapped(stream, cfg.batch_max, cfg.batch_linger_s, lambda events: deliver("s3", events),
-                     cfg.batches_in_flight)
+                     cfg.batches_in_flight, cfg.batch_max_bytes, liveness.progress("deliver_s3"))
 
 
 @app.agent(http_topic)
 async def deliver_http(stream):
     await overlapped(stream, cfg.batch_max, cfg.batch_linger_s, lambda events: deliver("http", events),
-                     cfg.batches_in_flight)
+                     cfg.batches_in_flight, cfg.batch_max_bytes, liveness.progress("deliver_http"))
+
+
+async def redeliver(events) -> None:
+    by_type: dict[str, list] = defaultdict(list)
+    for e in events:
+        by_type[dict(e.message.headers or ()).get("type", b"http").decode("utf-8", "replace")].append(e)
+    for destination_type, group in by_type.items():
+        await deliver(destination_type, group)
 
 
 @app.agent(retry_topic)
 async def retry_deliveries(stream):
-    """Parked deliveries, re-attempted when due. Newer deliveries never wait here: they have
-    their own topics; this agent only holds back retries that are not due yet."""
-    async for events in batches(stream, cfg.batch_max, cfg.batch_linger_s):
-        waiting = sorted(((int(dict(e.message.headers).get("next", b"0")), e) for e in events),
-                         key=lambda p: p[0])
-        while waiting:
-            now = now_ms()
-            due = [e for t, e in waiting if t <= now]
-            waiting = [(t, e) for t, e in waiting if t > now]
-            if not due:
-                await asyncio.sleep(min(5.0, (waiting[0][0] - now) / 1000))
-                continue
-            by_type: dict[str, list[Delivery]] = defaultdict(list)
-            for e in due:
-                by_type[dict(e.message.headers).get("type", b"http").decode()].append(
-                    Delivery.from_record(e.message.key, e.message.value, e.message.headers))
-            for kind, batch in by_type.items():
-                await steadfast("retry delivery",
-                                lambda: engines[kind].process([d for d in batch if not d.settled]))
+    """Parked deliveries, re-attempted when due, each on its own clock (see
+    streamer/retry_schedule.py). Newer deliveries never wait here: they have their own topics."""
+    await scheduled(stream, redeliver, cfg.batch_max, cfg.batch_max_bytes, cfg.retry_hold_max_bytes,
+                    liveness.progress("retry_deliveries"))
 
 
 # -- health and metrics ------------------------------------------------------------------------
 
 @app.page("/health")
 async def health(web, request):
-    return web.json({"status": "ok"})
+    """Liveness (the Deployment's livenessProbe): 503 once an agent has had a batch in
+    flight longer than STREAMER_LIVENESS_STALL_S, so the pod is restarted."""
+    live, body = liveness.report(cfg.liveness_stall_s)
+    return web.json({"status": "ok" if live else "stalled", **body}, status=200 if live else 503)
+
+
+@app.page("/live")
+async def live(web, request):
+    return await health(web, request)
 
 
 @app.page("/ready")

@@ -12,7 +12,8 @@ membership, rebalances, flow control, acks and commits) and drop that per-messag
 * `Consumer.wait_first` takes a fast path for the one call the fetch loop makes per message.
 * `batches()` takes events straight from the agent's subscription queue in bulk.
 
-On top of those, `overlapped()` lets an agent work on more than one batch at a time.
+On top of those, `overlapped()` lets an agent work on more than one batch at a time,
+acking in offset order (`streamer.acks`).
 
 `tests/test_batching.py` pins the Faust internals these rely on, so an upgrade of
 faust-streaming that changes them fails the tests instead of silently misbehaving.
@@ -27,6 +28,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
+from mode.utils.queues import ThrowableQueue
+
+from streamer.acks import OrderedAcks
+from streamer.liveness import Progress
 
 # How often a lingering batch looks for more events. A wait per event (asyncio.wait_for)
 # would create a task per event; a short sleep costs one wakeup per slice however many
@@ -98,28 +103,86 @@ class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
 
 
+class ByteBoundedQueue(ThrowableQueue):
+    """An agent's subscription queue, full at `max_bytes` of record values as well as at its
+    count. Faust bounds the queue by count only (`stream_buffer_maxsize`), which holds 8,192
+    events: fine for 2 KB events, not for 40 MB ones. When full, Faust's conductor waits
+    to put the next event, so the fetch loop stops taking records from the consumer."""
+
+    def __init__(self, *args: Any, max_bytes: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_bytes = max_bytes
+        self.bytes = 0
+
+    def _put(self, item: Any) -> None:
+        self.bytes += _value_size(item)
+        super()._put(item)
+
+    def _get(self) -> Any:
+        item = super()._get()
+        self.bytes -= _value_size(item)
+        return item
+
+    def full(self) -> bool:
+        return super().full() or (self.max_bytes > 0 and self.bytes >= self.max_bytes)
+
+    def clear(self) -> None:
+        super().clear()
+        self.bytes = 0
+
+
+def _value_size(item: Any) -> int:
+    message = getattr(item, "message", None)
+    return len(message.value or b"") if message is not None and isinstance(message.value, bytes) else 0
+
+
 class App(faust.App):
-    """A Faust app whose consumer is `Consumer` above; everything else is stock Faust."""
+    """A Faust app whose consumer is `Consumer` above and whose agents' queues are bounded
+    by bytes (`queue_max_bytes`); everything else is stock Faust."""
+
+    queue_max_bytes: int = 0
 
     def _new_transport(self):
         return Transport(self.conf.broker_consumer, self)
 
+    def FlowControlQueue(self, maxsize: int | None = None, *, clear_on_resume: bool = False) -> ThrowableQueue:
+        return ByteBoundedQueue(maxsize=maxsize, flow_control=self.flow_control, clear_on_resume=clear_on_resume,
+                                max_bytes=self.queue_max_bytes)
 
-async def _next_batch(queue: Any, max_: int, linger_s: float) -> list[faust.EventT] | None:
+
+def message_size(event: faust.EventT) -> int:
+    return len(event.message.value or b"")
+
+
+async def _next_batch(queue: Any, max_: int, linger_s: float, max_bytes: int | None = None,
+                      size: Callable[[Any], int] = message_size) -> list[faust.EventT] | None:
     """The next batch from a subscription queue, or None once Faust stopped the stream.
 
     A batch starts with the first event that arrives and takes everything queued up to
-    `max_`; if it is not full it lingers up to `linger_s` for more, so a backlog moves in
-    full batches with no waiting and a trickle waits at most the linger.
+    `max_` events (and, with `max_bytes`, up to that many value bytes: 40 MB events come one
+    or two at a time, so a batch's memory stays bounded); if it is not full it lingers up to
+    `linger_s` for more, so a backlog moves in full batches with no waiting and a trickle
+    waits at most the linger.
     """
     try:
-        batch = [await queue.get()]
+        first = await queue.get()
+        batch = [first]
+        used = size(first) if max_bytes else 0
         deadline = time.monotonic() + linger_s
         while True:
-            while len(batch) < max_ and not queue.empty():
-                batch.append(queue.get_nowait())
+            while len(batch) < max_ and not queue.empty() and (not max_bytes or used < max_bytes):
+                if max_bytes:
+                    # Peek (asyncio.Queue keeps its items in `_queue`): an event that would
+                    # take the batch over its bytes starts the next batch instead.
+                    waiting = getattr(queue, "_queue", None)
+                    if waiting and used + size(waiting[0]) > max_bytes:
+                        return batch
+                event = queue.get_nowait()
+                batch.append(event)
+                if max_bytes:
+                    used += size(event)
             left = deadline - time.monotonic()
-            if len(batch) >= max_ or left <= 0:
+            if len(batch) >= max_ or left <= 0 or (max_bytes and used >= max_bytes):
                 return batch
             await asyncio.sleep(min(left, POLL_S))
     except StopAsyncIteration:
@@ -151,29 +214,37 @@ async def batches(stream: faust.StreamT, max_: int, linger_s: float) -> AsyncIte
 
 
 async def overlapped(stream: faust.StreamT, max_: int, linger_s: float,
-                     handle: Callable[[list[faust.EventT]], Awaitable[None]], depth: int) -> None:
-    """Run `handle` on up to `depth` batches at once; each batch is acked when its own
-    handler has returned.
+                     handle: Callable[[list[faust.EventT]], Awaitable[None]], depth: int,
+                     max_bytes: int | None = None, progress: Progress | None = None) -> None:
+    """Run `handle` on up to `depth` batches at once, acking in offset order.
 
     One batch at a time leaves the worker idle while a batch waits on I/O (broker acks,
-    the slowest destination of the batch). Acks may now complete out of order, which Faust
-    handles: it commits a partition only up to its lowest unacked offset. So this trades
-    order between batches (the spec promises none) for throughput, never at-least-once.
+    the slowest destination of the batch), so batches overlap and finish out of order. An
+    event is acked only once every event taken before it from its partition is done
+    (`OrderedAcks`): Faust's own gap handling would commit past an event still in flight
+    (faust-streaming issue 606). Order of *processing* between batches is given up (the
+    spec promises none); the commit order never is.
+
     A batch is taken only once a slot is free, so it holds everything that arrived while
-    the slots were busy and no event waits in a formed batch. A handler that raises stops
-    the agent (at its next batch) without acking; on shutdown the in-flight handlers are
-    cancelled and their batches, unacked, are read again.
+    the slots were busy and no event waits in a formed batch. `handle` must not raise for
+    bad records (see `isolation.isolated`); if it raises anyway the agent stops at its next
+    batch without acking. On shutdown the in-flight handlers are cancelled and their
+    batches, unacked, are read again.
     """
     queue = _queue(stream)
     slots = asyncio.Semaphore(depth)
     running: set[asyncio.Task] = set()
+    order = OrderedAcks()
 
-    async def run(batch: list[faust.EventT]) -> None:
+    async def run(batch: list[faust.EventT], entries: list) -> None:
+        token = progress.begin() if progress is not None else None
         try:
             await handle(batch)
-            for event in batch:
+            for event in order.done(entries):
                 await stream.ack(event)
         finally:
+            if token is not None:
+                progress.end(token)
             slots.release()
 
     try:
@@ -186,10 +257,12 @@ async def overlapped(stream: faust.StreamT, max_: int, linger_s: float,
             # has at once (low latency when traffic is light), a busy one lets the next
             # batch fill meanwhile (fewer, fuller requests when it is heavy).
             busy = any(not t.done() for t in running)
-            batch = await _next_batch(queue, max_, linger_s if busy else 0.0)
+            batch = await _next_batch(queue, max_, linger_s if busy else 0.0, max_bytes)
             if batch is None:
                 return
-            running.add(asyncio.create_task(run(batch)))
+            # Registered here, in the order taken, before the handler can finish.
+            entries = order.take(batch)
+            running.add(asyncio.create_task(run(batch, entries)))
     finally:
         for task in running:
             task.cancel()

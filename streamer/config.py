@@ -56,6 +56,11 @@ class Config:
     batch_max: int = 500
     batch_linger_s: float = 0.05
     batches_in_flight: int = 2
+    batch_max_bytes: int = 64 * 1024 * 1024
+    queue_max_bytes: int = 64 * 1024 * 1024
+    produce_max_inflight_bytes: int = 64 * 1024 * 1024
+    retry_hold_max_bytes: int = 64 * 1024 * 1024
+    liveness_stall_s: float = 300.0
     gc_gen0_threshold: int = 50_000
     s3_endpoint_url: str | None = None
     shutdown_grace_s: float = 20.0
@@ -88,6 +93,11 @@ class Config:
             batch_max=int(_env("BATCH_MAX", str(cls.batch_max))),
             batch_linger_s=float(_env("BATCH_LINGER_S", str(cls.batch_linger_s))),
             batches_in_flight=max(1, int(_env("BATCHES_IN_FLIGHT", str(cls.batches_in_flight)))),
+            batch_max_bytes=int(_env("BATCH_MAX_BYTES", str(cls.batch_max_bytes))),
+            queue_max_bytes=int(_env("QUEUE_MAX_BYTES", str(cls.queue_max_bytes))),
+            produce_max_inflight_bytes=int(_env("PRODUCE_MAX_INFLIGHT_BYTES", str(cls.produce_max_inflight_bytes))),
+            retry_hold_max_bytes=int(_env("RETRY_HOLD_MAX_BYTES", str(cls.retry_hold_max_bytes))),
+            liveness_stall_s=float(_env("LIVENESS_STALL_S", str(cls.liveness_stall_s))),
             gc_gen0_threshold=int(_env("GC_GEN0_THRESHOLD", str(cls.gc_gen0_threshold))),
             s3_endpoint_url=_env("S3_ENDPOINT_URL", "") or None,
             shutdown_grace_s=float(_env("SHUTDOWN_GRACE_S", str(cls.shutdown_grace_s))),

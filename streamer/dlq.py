@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, AsyncIterator
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -49,11 +49,18 @@ def matches(d: DeadLetter, workspace_id: str | None = None, destination_id: str 
 
 
 async def read_dead_letters(bootstrap: str, topic: str, limit: int = 1_000_000, **filters) -> list[DeadLetter]:
-    """Every matching dead letter present when called (reads each partition to its end)."""
+    """Every matching dead letter present when called, in a list (for small reads: the CLI)."""
+    return [d async for d in iter_dead_letters(bootstrap, topic, limit, **filters)]
+
+
+async def iter_dead_letters(bootstrap: str, topic: str, limit: int = 1_000_000,
+                            **filters) -> AsyncIterator[DeadLetter]:
+    """Every matching dead letter present when called (reads each partition to its end),
+    one at a time: a replay of a million letters holds one fetch in memory, not all of them."""
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                          max_partition_fetch_bytes=64 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
     await c.start()
-    out: list[DeadLetter] = []
+    found = 0
     try:
         parts = [TopicPartition(topic, p) for p in (c.partitions_for_topic(topic) or await _partitions(c, topic))]
         c.assign(parts)
@@ -62,21 +69,21 @@ async def read_dead_letters(bootstrap: str, topic: str, limit: int = 1_000_000, 
         for tp in parts:
             c.seek(tp, begins[tp])
         todo = {tp for tp in parts if ends[tp] > begins[tp]}
-        while todo and len(out) < limit:
-            batch = await c.getmany(*todo, timeout_ms=500)
+        while todo and found < limit:
+            batch = await c.getmany(*todo, timeout_ms=500, max_records=500)
             for tp, msgs in batch.items():
                 for m in msgs:
-                    if m.offset >= ends[tp]:
+                    if m.offset >= ends[tp] or found >= limit:
                         continue
                     d = DeadLetter(tp.partition, m.offset, m.key or b"", m.value or b"", dict(m.headers or ()))
                     if matches(d, **filters):
-                        out.append(d)
+                        found += 1
+                        yield d
             for tp in list(todo):
                 if await c.position(tp) >= ends[tp]:
                     todo.discard(tp)
     finally:
         await c.stop()
-    return out[:limit]
 
 
 async def _partitions(c: AIOKafkaConsumer, topic: str) -> set[int]:

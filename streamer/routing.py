@@ -41,14 +41,40 @@ def object_key(event: Event, prefix: str) -> str:
 
 def message_json(event: Event, max_bytes: int) -> bytes | Rejection:
     """The event as compact JSON, applying the size rule of spec 4.3."""
-    data = orjson.dumps(event.body)
-    if len(data) <= max_bytes:
+    data = _dumps(event.body)
+    if isinstance(data, Rejection) or len(data) <= max_bytes:
         return data
     if event.kind == "job_details":
-        data = orjson.dumps({**event.body, "lines": LINES_REPLACEMENT})
-        if len(data) <= max_bytes:
+        data = _dumps({**event.body, "lines": LINES_REPLACEMENT})
+        if isinstance(data, Rejection) or len(data) <= max_bytes:
             return data
     return Rejection(f"event is {len(data)} bytes as a message, over the {max_bytes} byte limit")
+
+
+def _dumps(body: dict) -> bytes | Rejection:
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError as e:
+        # orjson parses 1,024 levels of nesting but writes only 254.
+        return Rejection(f"event cannot be re-serialised as a message: {e}")
+
+
+def render(event: Event, target: Route, max_bytes: int) -> bytes | Rejection:
+    """The message the destination gets; the size rule applies to it as well as to the
+    event: a template can make it larger (`{{{log_message_str}}}` escapes every quote)."""
+    data = message_json(event, max_bytes)
+    if isinstance(data, Rejection) or target.template is None:
+        return data
+    message = target.template.render(data)
+    if len(message) <= max_bytes:
+        return message
+    if event.kind == "job_details" and event.body.get("lines") != LINES_REPLACEMENT:
+        smaller = _dumps({**event.body, "lines": LINES_REPLACEMENT})
+        if not isinstance(smaller, Rejection):
+            message = target.template.render(smaller)
+            if len(message) <= max_bytes:
+                return message
+    return Rejection(f"rendered message is {len(message)} bytes, over the {max_bytes} byte limit")
 
 
 def route(state: SettingsState, kind: str, value: bytes | None, key: bytes | None,
@@ -61,10 +87,9 @@ def route(state: SettingsState, kind: str, value: bytes | None, key: bytes | Non
         return Skip("unconfigured")
     if not target.wants(kind):
         return Skip("not_selected")
-    data = message_json(event, max_message_bytes)
-    if isinstance(data, Rejection):
-        return data
-    message = target.template.render(data) if target.template is not None else data
+    message = render(event, target, max_message_bytes)
+    if isinstance(message, Rejection):
+        return message
     headers = [
         ("dest", target.destination),
         ("ws", event.workspace_id.encode()),
@@ -75,3 +100,14 @@ def route(state: SettingsState, kind: str, value: bytes | None, key: bytes | Non
     if target.destination_type == "s3":
         headers.append(("okey", object_key(event, target.s3_prefix).encode()))
     return Routed(target.destination_type, target.destination_id.encode(), message, headers, event.workspace_id)
+
+
+def route_safely(state: SettingsState, kind: str, value: bytes | None, key: bytes | None,
+                 max_message_bytes: int, produced_ms: int = 0) -> Routed | Rejection | Skip:
+    """`route`, with any exception turned into a rejection naming it: whatever a record
+    holds, it yields a delivery, a skip or a rejection, so it can never stop its partition
+    (tests/test_poison.py generates hostile records to hold this)."""
+    try:
+        return route(state, kind, value, key, max_message_bytes, produced_ms)
+    except Exception as e:  # noqa: BLE001 - the reason goes to the rejected topic
+        return Rejection(f"record could not be processed: {type(e).__name__}: {e}"[:1000])

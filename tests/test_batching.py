@@ -112,45 +112,59 @@ async def test_faust_stopping_the_stream_ends_the_batches_without_acking():
     assert stream.acked == []
 
 
-async def test_overlapped_runs_up_to_depth_batches_and_acks_each_when_its_handler_is_done():
+class Ev:
+    """An event as `overlapped` sees it: `.message.tp` and `.message.offset`."""
+
+    def __init__(self, offset: int, tp: str = "raw-0") -> None:
+        self.message = type("M", (), {"tp": tp, "offset": offset, "value": b"x"})()
+
+    def __repr__(self) -> str:
+        return f"Ev({self.message.offset})"
+
+
+async def test_overlapped_runs_up_to_depth_batches_and_acks_in_offset_order():
     stream = FakeStream()
-    for i in range(40):
-        stream.queue.put_nowait(i)
+    events = [Ev(i) for i in range(40)]
+    for e in events:
+        stream.queue.put_nowait(e)
     running, most, release = 0, 0, {}
 
     async def handle(batch):
         nonlocal running, most
         running += 1
         most = max(most, running)
-        gate = release[batch[0]] = asyncio.Event()
+        gate = release[batch[0].message.offset] = asyncio.Event()
         await gate.wait()
         running -= 1
 
     agent = asyncio.create_task(overlapped(stream, 10, 0.01, handle, depth=2))
     await asyncio.sleep(0.1)
     assert sorted(release) == [0, 10] and stream.acked == []  # two in flight, the third waits
-    release[10].set()  # the second finishes first: acked alone, out of order
+    release[10].set()  # the second finishes first: held back, 0..9 are still in flight
     await asyncio.sleep(0.1)
-    assert stream.acked == list(range(10, 20)) and sorted(release) == [0, 10, 20]
+    assert stream.acked == [] and sorted(release) == [0, 10, 20]
+    release[0].set()  # now both are acked, in offset order
+    await asyncio.sleep(0.1)
+    assert stream.acked == events[:20]
     agent.cancel()  # shutdown: batches in flight are not acked
     with pytest.raises(asyncio.CancelledError):
         await agent
     await asyncio.sleep(0.05)
-    assert stream.acked == list(range(10, 20)) and most == 2
+    assert stream.acked == events[:20] and most == 2
 
 
 async def test_overlapped_surfaces_a_handler_that_raises():
     stream = FakeStream()
     for i in range(30):
-        stream.queue.put_nowait(i)
+        stream.queue.put_nowait(Ev(i))
 
     async def handle(batch):
-        if batch[0] == 0:
+        if batch[0].message.offset == 0:
             raise RuntimeError("bug in a handler")
 
     with pytest.raises(RuntimeError, match="bug in a handler"):
         await asyncio.wait_for(overlapped(stream, 10, 0.01, handle, depth=2), 5)
-    assert 0 not in stream.acked
+    assert stream.acked == []  # nothing after the failed batch is acked either
 
 
 async def test_fetch_loop_runs_a_callback_that_does_not_wait_in_its_own_task():

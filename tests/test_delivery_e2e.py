@@ -82,7 +82,9 @@ TEMPLATE = ('{"source": "workato", "obj": {{log_message}}, "obj3": {{{log_messag
 
 
 async def test_templates_size_limit_and_fallback(env, worker_factory, samples, kafka, prefix, providers):
-    worker_factory({"STREAMER_MAX_MESSAGE_BYTES": "1200"}).wait_ready()
+    # The rule applies to the rendered message: this template triples an event, so the job
+    # details (1,490 bytes as an event) render over 3,000 bytes and go with lines replaced.
+    worker_factory({"STREAMER_MAX_MESSAGE_BYTES": "3000"}).wait_ready()
     async with admin_for(env) as admin:
         await accepted(admin, "register_workspace", workspace_id="78125", partner_id="p", role="customer")
         await accepted(admin, "register_workspace", workspace_id="5234", partner_id="q", role="customer")
@@ -104,7 +106,7 @@ async def test_templates_size_limit_and_fallback(env, worker_factory, samples, k
     assert isinstance(login["ms"], int) and isinstance(login["us"], int) and isinstance(login["ns"], int)
     assert before_ns // 1_000_000 <= login["ms"] and login["us"] // 1000 == login["ms"] and login["ns"] // 1000 == login["us"]
     assert login["now"].endswith("+00:00")
-    # Over the 1200-byte limit: the job details arrive with lines replaced, every other field kept.
+    # Rendered over the 3,000-byte limit: the job details arrive with lines replaced, every other field kept.
     details = by_kind["job"]["obj"]
     original = compact(samples["job_details_masked_step"])
     assert details["lines"] == "Log lines exceed size limit"

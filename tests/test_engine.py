@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from streamer.sinks.base import DELIVERED, Delivery, Outcome
+from streamer.produce import Refused
+from streamer.sinks.base import DELIVERED, Delivery, Outcome, now_ms
 from streamer.sinks.engine import Breaker, DeliveryEngine, EngineConfig
 
 
@@ -34,9 +35,16 @@ def delivery(dest: str, eid: str, destination: bytes = b'{"type": "http"}') -> D
                     message=b"{}")
 
 
-def engine(sink, produced, **cfg):
+def engine(sink, produced, refuse=lambda topic, value: False, **cfg):
     async def produce(records):
-        produced.extend((topic, key.decode(), dict(headers)) for topic, key, _value, headers in records)
+        out = []
+        for topic, key, value, headers in records:
+            if refuse(topic, value):
+                out.append(Refused("MessageSizeTooLargeError"))
+                continue
+            produced.append((topic, key.decode(), dict(headers)))
+            out.append(object())
+        return out
 
     return DeliveryEngine("http", sink, produce, EngineConfig(retry_topic="retry", dead_letter_topic="dlq",
                                                               retry_base_s=0.001, **cfg))
@@ -94,3 +102,75 @@ async def test_one_id_with_two_destinations_in_a_batch_sends_each_where_it_was_r
     await engine(sink, []).process([delivery("workspace:7", "e1", old), delivery("workspace:7", "e2", new),
                                     delivery("workspace:7", "e3", old)])
     assert sorted(sink.sent) == [("https://new", "e2"), ("https://old", "e1"), ("https://old", "e3")]
+
+
+class PerRequestSink:
+    """Sends each delivery as its own request taking `each_s`, `limit` at a time, and
+    records each outcome on the delivery as it lands, as the real sinks do."""
+
+    def __init__(self, each_s: float, limit: int):
+        self.each_s, self.limit = each_s, limit
+        self.delivered: list[str] = []
+
+    async def send(self, destination, deliveries):
+        sem = asyncio.Semaphore(self.limit)
+
+        async def one(d):
+            async with sem:
+                await asyncio.sleep(self.each_s)
+                self.delivered.append(d.event_id)
+                d.outcome = DELIVERED
+                return DELIVERED
+
+        return list(await asyncio.gather(*(one(d) for d in deliveries)))
+
+    async def close(self):
+        pass
+
+
+async def test_the_deadline_parks_only_what_was_not_delivered_and_counts_an_attempt():
+    """100 deliveries of 50 ms, 4 at a time, a 0.5 s deadline: before, all 100 were parked
+    with attempt count 0 on every pass, so a slow but healthy destination got duplicates
+    for 7 days and then its events were dead-lettered."""
+    sink = PerRequestSink(0.05, 4)
+    produced = []
+    items = [delivery("slow", f"e{i}") for i in range(100)]
+    await engine(sink, produced, deadline_s=0.5).process(items)
+    parked = {h["eid"].decode() for t, _, h in produced if t == "retry"}
+    assert sink.delivered and not parked & set(sink.delivered)
+    assert parked | set(sink.delivered) >= {d.event_id for d in items}
+    assert all(int(h["att"]) == 1 for t, _, h in produced if t == "retry")
+
+
+async def test_retry_after_is_capped_by_the_maximum_backoff():
+    sink = ScriptedSink({"slow": [Outcome(False, True, "HTTP 429", retry_after=86400)] * 10})
+    produced = []
+    await engine(sink, produced, inline_retries=0, retry_max_backoff_s=2).process([delivery("slow", "s1")])
+    (topic, _, h), = produced
+    assert topic == "retry"
+    assert int(h["next"]) - now_ms() <= 2_500
+
+
+async def test_parks_while_the_breaker_is_open_count_toward_the_horizon():
+    sink = ScriptedSink({"down": [Outcome(False, True, "HTTP 503")] * 10})
+    produced = []
+    e = engine(sink, produced, inline_retries=0, breaker_failures=1, breaker_reset_s=3600)
+    first = delivery("down", "d1")
+    await e.process([first])
+    again = Delivery.from_record(b"down", b"{}", list(produced[-1][2].items()))
+    await e.process([again])  # breaker open: parked without a call, but it was an attempt
+    assert sink.calls.count("down") == 1
+    assert int(produced[-1][2]["att"]) == int(produced[0][2]["att"]) + 1
+
+
+async def test_a_delivery_the_broker_refuses_to_park_is_dead_lettered_and_a_refused_dead_letter_is_cut_down():
+    sink = ScriptedSink({"down": [Outcome(False, True, "HTTP 503")] * 10})
+    produced = []
+    big = delivery("down", "big")
+    big.message = b"x" * 200_000
+    # The broker refuses the full record everywhere; only a cut-down copy fits.
+    await engine(sink, produced, refuse=lambda topic, value: len(value) > 100_000,
+                 inline_retries=0).process([big])
+    (topic, _, h), = produced
+    assert topic == "dlq" and big.settled
+    assert h["truncated"] == b"200000" and b"MessageSizeTooLarge" in h["truncated_reason"]

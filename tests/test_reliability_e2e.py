@@ -136,16 +136,40 @@ def _arrival_times(providers: ProviderServer) -> dict[str, float]:
     return first
 
 
-async def _crash_run(env, worker_factory, kafka, prefix, providers, events: int, kills: int, seed: int) -> None:
+async def _crash_run(env, worker_factory, kafka, prefix, providers, events: int, kills: int, seed: int,
+                     poison_every: int = 0, failing: bool = False, gap: tuple[float, float] = (1.0, 4.0)) -> None:
+    """Two workers, `kills` kill -9 of a random one while `events` events stream in.
+
+    With `poison_every`, every n-th record is hostile (not JSON, or a time out of range) and
+    must reach the rejected topic; with `failing`, one more workspace's destination answers
+    503 for the whole run and its events must reach the dead-letter topic (a short horizon).
+    Every event is accounted for: delivered, rejected or dead-lettered; lost is computed.
+    """
     rng = random.Random(seed)
-    workspaces = {f"{700 + i}": "crash" for i in range(8)}
+    workspaces = [f"{700 + i}" for i in range(8)]
     extra = {"STREAMER_SESSION_TIMEOUT_S": "6"}
+    if failing:
+        extra.update({**FAST_RETRY, "STREAMER_RETRY_HORIZON_S": "20", "STREAMER_BREAKER_RESET_S": "1"})
+        providers.faults["soak-down"] = Fault(statuses=[503] * 10_000_000)
     workers = [worker_factory(extra, name="a"), worker_factory(extra, name="b")]
     for w in workers:
         w.wait_ready()
-    await configure(env, providers, workspaces, provider="datadog")
+    await configure(env, providers, {ws: "crash" for ws in workspaces}, provider="datadog")
+    if failing:
+        await configure(env, providers, {"799": "soak-down"})
     ids = [f"e{i}" for i in range(events)]
-    records = [(ws.encode(), orjson.dumps(job_event(ws, eid))) for eid in ids for ws in [rng.choice(list(workspaces))]]
+    records, poison, doomed = [], [], []
+    for i, eid in enumerate(ids):
+        ws = rng.choice(workspaces)
+        records.append((ws.encode(), orjson.dumps(job_event(ws, eid))))
+        if poison_every and i % poison_every == 0:
+            bad = (b"not json " + eid.encode() if i % 2 else
+                   orjson.dumps(job_event(ws, "p" + eid, started_at="0001-01-01T00:00:00+01:00", completed_at=None)))
+            records.append((ws.encode(), bad))
+            poison.append(bad)
+        if failing and i % 200 == 0:
+            records.append((b"799", orjson.dumps(job_event(799, "d" + eid))))
+            doomed.append("d" + eid)
 
     async def feed():
         for i in range(0, len(records), 500):
@@ -154,18 +178,29 @@ async def _crash_run(env, worker_factory, kafka, prefix, providers, events: int,
 
     feeder = asyncio.create_task(feed())
     for k in range(kills):
-        await asyncio.sleep(rng.uniform(1.0, 4.0))
+        await asyncio.sleep(rng.uniform(*gap))
         victim = rng.randrange(len(workers))
         workers[victim].kill9()
         workers[victim] = worker_factory(extra, name=f"restart{k}")
         workers[victim].wait_ready()
     await feeder
-    await until(lambda: set(providers.ids("crash")) >= set(ids), 240, "every event after the kills")
+    await until(lambda: set(providers.ids("crash")) >= set(ids), 300, "every event after the kills")
     got = providers.ids("crash")
     dupes = len(got) - len(set(got))
-    print(f"\nkill -9 x{kills} with 2 workers: sent {events}, delivered {len(set(got))}, duplicates {dupes}, "
-          f"lost {len(set(ids) - set(got))}")
-    assert set(got) == set(ids)
+    lost = len(set(ids) - set(got))
+    summary = f"kill -9 x{kills} with 2 workers: sent {events}, delivered {len(set(got))}, duplicates {dupes}"
+    if poison:
+        rejected = await consume(kafka, prefix + T.REJECTED, len(poison), timeout=120)
+        missing = set(poison) - {m.value for m in rejected}
+        lost += len(missing)
+        summary += f"; poison {len(poison)}, rejected {len(poison) - len(missing)}"
+    if doomed:
+        letters = await consume(kafka, prefix + T.DEAD_LETTERS, len(doomed), timeout=180)
+        missing = set(doomed) - {dict(m.headers)["eid"].decode() for m in letters}
+        lost += len(missing)
+        summary += f"; to the failing destination {len(doomed)}, dead-lettered {len(doomed) - len(missing)}"
+    print(f"\n{summary}; lost {lost}")
+    assert lost == 0
 
 
 async def test_kill_9_during_a_run_loses_nothing(env, worker_factory, kafka, prefix, providers):
@@ -175,6 +210,12 @@ async def test_kill_9_during_a_run_loses_nothing(env, worker_factory, kafka, pre
 @pytest.mark.slow
 async def test_kill_9_five_times_during_20000_events(env, worker_factory, kafka, prefix, providers):
     await _crash_run(env, worker_factory, kafka, prefix, providers, events=20_000, kills=5, seed=2)
+
+
+@pytest.mark.slow
+async def test_soak_50_kill_9_with_poison_and_a_failing_destination(env, worker_factory, kafka, prefix, providers):
+    await _crash_run(env, worker_factory, kafka, prefix, providers, events=50_000, kills=50, seed=3,
+                     poison_every=250, failing=True, gap=(0.5, 2.0))
 
 
 async def test_broker_restart_mid_run_loses_nothing(s3, providers, tmp_path):
@@ -199,7 +240,10 @@ async def test_broker_restart_mid_run_loses_nothing(s3, providers, tmp_path):
             want = {f"a{i}" for i in range(1000)} | {f"b{i}" for i in range(1000)}
             await until(lambda: set(providers.ids("restart")) >= want, 180, "every event across the restart")
             got = providers.ids("restart")
-            print(f"\nbroker restart: sent 2000, delivered {len(set(got))}, duplicates {len(got) - len(set(got))}, lost 0")
+            lost = len(want - set(got))
+            print(f"\nbroker restart: sent 2000, delivered {len(set(got))}, duplicates {len(got) - len(set(got))}, "
+                  f"lost {lost}")
+            assert lost == 0
             assert w.proc.poll() is None, "the worker must survive a broker restart"
         finally:
             w.stop()

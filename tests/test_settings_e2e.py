@@ -226,11 +226,15 @@ async def test_complete_recovery_of_10000_workspaces_after_restart(env, worker_f
     statuses = set()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        code, _ = again.get("/ready")
+        code, body = again.get("/ready")
         statuses.add(code)
         if code == 200:
+            # Ready means the whole table was read: never 200 with part of it.
+            assert orjson.loads(body)["settings_rows_recovered"] == 10_000
             break
         await asyncio.sleep(0.05)
+    # Not listening yet (0), then not ready (503) while recovering, then ready; nothing else.
+    assert 200 in statuses and statuses <= {0, 503, 200}, statuses
     assert orjson.loads(again.get("/settings")[1])["digest"] == view["digest"]
     await produce(kafka, prefix + SUMMARY, [(b"w9999", orjson.dumps(job_event("w9999", "j-second")))])
     deadline = time.monotonic() + 60  # the killed worker's partitions move after the session timeout

@@ -159,7 +159,11 @@ def parse_event(kind: str, value: bytes | None, key: bytes | None = None,
         return Rejection(f"value is not valid UTF-8 JSON: {e}")
     if not isinstance(body, dict):
         return Rejection(f"value is a JSON {type(body).__name__}, not an object")
-    checked = _validated(kind, body)
+    try:
+        checked = _validated(kind, body)
+    except OverflowError as e:
+        # A valid ISO time whose UTC conversion leaves datetime's range (0001-01-01T00:00+01:00).
+        return Rejection(f"a timestamp is out of range once converted to UTC: {e}")
     if type(checked) is Rejection:
         return checked
     workspace_id, event_id, occurred = checked
@@ -167,5 +171,8 @@ def parse_event(kind: str, value: bytes | None, key: bytes | None = None,
         return Rejection(f"record key '{key.decode('utf-8', 'replace')[:64]}' does not match the "
                          f"event's workspace id '{workspace_id}'")
     if event_id is None:
-        event_id = derive_event_id(body)
+        try:
+            event_id = derive_event_id(body)
+        except orjson.JSONEncodeError as e:
+            return Rejection(f"event id cannot be derived: the event cannot be re-serialised: {e}")
     return Event(kind=kind, workspace_id=workspace_id, event_id=event_id, body=body, occurred_at=occurred)

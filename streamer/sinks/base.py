@@ -30,6 +30,9 @@ class Delivery:
     first_attempt_ms: int = 0
     errors: list[str] = field(default_factory=list)
     settled: bool = False  # delivered, parked or dead-lettered in this pass
+    # The outcome of the request in flight, set by the sink the moment it is known, so a
+    # group cancelled at the delivery deadline parks only what was not delivered.
+    outcome: "Outcome | None" = None
 
     @classmethod
     def from_record(cls, key: bytes | None, value: bytes | None, headers) -> "Delivery":

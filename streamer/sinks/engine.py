@@ -25,12 +25,14 @@ from typing import Awaitable, Callable
 import orjson
 
 from streamer import metrics
+from streamer.produce import Refused, cut_down
 from streamer.sinks.base import Delivery, Outcome, Sink, now_ms
 
 log = logging.getLogger(__name__)
 
-# Durable: returns once the broker acked every (topic, key, value, headers) record.
-Produce = Callable[[list[tuple[str, bytes, bytes, list]]], Awaitable[object]]
+# Durable: returns, per (topic, key, value, headers) record, the broker's metadata or
+# `Refused` (the broker will never take it); transient failures are retried inside.
+Produce = Callable[[list[tuple[str, bytes, bytes, list]]], Awaitable[list]]
 
 
 @dataclass
@@ -72,12 +74,15 @@ class EngineConfig:
     breaker_failures: int = 5
     breaker_reset_s: float = 10.0
     destination_concurrency: int = 4
+    idle_evict_s: float = 600.0  # a destination unused this long forgets its limit and closed breaker
 
 
 def backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
-    """Exponential backoff with full jitter; Retry-After sets the earliest next try."""
-    delay = random.uniform(0, min(cap, base * (2 ** attempt)))
-    return max(delay, retry_after or 0.0)
+    """Exponential backoff with full jitter; Retry-After sets the earliest next try, up to the
+    cap: a destination answering `Retry-After: 86400` must not park its deliveries (and, on
+    an ordered topic, everyone behind them) for a day."""
+    delay = random.uniform(0, min(cap, base * (2 ** min(attempt, 60))))
+    return max(delay, min(retry_after or 0.0, cap))
 
 
 @dataclass
@@ -86,10 +91,15 @@ class DeliveryEngine:
     sink: Sink
     produce: Produce
     cfg: EngineConfig
+    produce_durably: Produce | None = None
     breakers: dict[str, Breaker] = field(default_factory=lambda: defaultdict(Breaker))
     limits: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+    last_used: dict[str, float] = field(default_factory=dict)
+    _next_sweep: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.produce_durably is None:
+            self.produce_durably = self.produce
         t = self.destination_type
         self._ok = metrics.attempts.labels(t, "ok")
         self._retryable = metrics.attempts.labels(t, "retryable")
@@ -118,24 +128,54 @@ class DeliveryEngine:
             except asyncio.CancelledError:
                 pass
             self.breakers[dest_id].record(False, self.cfg.breaker_failures)
-            # Whatever the cancelled group had not settled is parked; a request that was in
-            # flight may still land, which at-least-once allows (S3 keys and the
-            # Idempotency-Key header make it harmless).
-            unsettled = [d for d in items if not d.settled]
-            await self._park(unsettled, f"destination did not answer within {self.cfg.deadline_s:g}s", None)
+            await self._past_deadline(dest_id, items)
         for task in done:
             task.result()  # a bug here must surface, not vanish
         self._export_breakers()
+        self._sweep_idle()
+
+    async def _past_deadline(self, dest_id: str, items: list[Delivery]) -> None:
+        """A group cut off at the deadline: what the destination already accepted is
+        delivered (each request settles on its own, so a slow but healthy destination is
+        never sent the same events again and again); only the rest is parked, and the cut
+        off request counts as an attempt, so even a destination that never answers reaches
+        the retry horizon."""
+        now = now_ms()
+        delivered = 0
+        unsettled = []
+        for d in items:
+            if d.settled:
+                continue
+            if d.outcome is not None and d.outcome.ok:
+                d.settled = True
+                delivered += 1
+                if d.produced_ms:
+                    self._latency.observe(max(0, now - d.produced_ms) / 1000)
+                continue
+            if d.outcome is None:  # its request was in flight when the group was cancelled
+                d.attempts += 1
+            unsettled.append(d)
+        self._ok.inc(delivered)
+        self._delivered.inc(delivered)
+        # A request that was in flight may still land, which at-least-once allows (S3 keys
+        # and the Idempotency-Key header make it harmless).
+        await self._park(unsettled, f"destination did not answer within {self.cfg.deadline_s:g}s", None)
 
     async def _group(self, dest_id: str, items: list[Delivery]) -> None:
         breaker = self.breakers[dest_id]
+        self.last_used[dest_id] = time.monotonic()
         if not breaker.allow(self.cfg.breaker_reset_s):
+            # Counts as an attempt: a destination that stays down must reach the horizon.
+            for d in items:
+                d.attempts += 1
             await self._park(items, "circuit breaker open", None)
             return
         limit = self.limits.setdefault(dest_id, asyncio.Semaphore(self.cfg.destination_concurrency))
         pending = items
         attempt = 0
         while True:
+            for d in pending:
+                d.outcome = None
             async with limit:
                 outcomes = await self._send(dest_id, pending)
             retry: list[tuple[Delivery, Outcome]] = []
@@ -151,7 +191,7 @@ class DeliveryEngine:
                 elif not o.retryable:
                     self._fatal.inc()
                     d.errors.append(o.error)
-                    await self._dead_letter([d], o.error)
+                    await self.dead_letter([d], o.error)
                 else:
                     self._retryable.inc()
                     d.errors.append(o.error)
@@ -189,7 +229,7 @@ class DeliveryEngine:
         """Hand deliveries to the retry topic (or, past the horizon, the dead-letter topic),
         all in one durable send."""
         now = now_ms()
-        parked, expired = [], []
+        parked, parked_items, expired = [], [], []
         for d in items:
             if not d.first_attempt_ms:
                 d.first_attempt_ms = now
@@ -199,28 +239,56 @@ class DeliveryEngine:
                 expired.append(d)
                 continue
             delay = backoff(max(d.attempts, 1), self.cfg.retry_base_s * 5, self.cfg.retry_max_backoff_s, retry_after)
+            parked_items.append(d)
             parked.append((self.cfg.retry_topic, d.destination_id.encode(), d.message,
                            d.headers(type=self.destination_type.encode(), next=str(now + int(delay * 1000)).encode())))
         if expired:
-            await self._dead_letter(expired, f"retry horizon of {self.cfg.retry_horizon_s:g}s exceeded; "
+            await self.dead_letter(expired, f"retry horizon of {self.cfg.retry_horizon_s:g}s exceeded; "
                                              f"last error: {error}")
         if parked:
-            await self.produce(parked)
+            results = await self.produce(parked)
+            refused = [(d, r) for d, r in zip(parked_items, results) if isinstance(r, Refused)]
+            for d, r in refused:
+                await self.dead_letter([d], f"could not be parked: {r.reason}")
             for d in items:
                 d.settled = True
-            self._parked.inc(len(parked))
+            self._parked.inc(len(parked) - len(refused))
 
-    async def _dead_letter(self, items: list[Delivery], error: str) -> None:
+    async def dead_letter(self, items: list[Delivery], error: str) -> None:
         dead_at = str(now_ms()).encode()
-        await self.produce([(self.cfg.dead_letter_topic, d.destination_id.encode(), d.message,
-                             d.headers(type=self.destination_type.encode(), err=error[:2000].encode(), dead=dead_at))
-                            for d in items])
+        records = [(self.cfg.dead_letter_topic, d.destination_id.encode(), d.message,
+                    d.headers(type=self.destination_type.encode(), err=error[:2000].encode(), dead=dead_at))
+                   for d in items]
+        results = await self.produce(records)
+        cut = [cut_down(rec, r.reason) for rec, r in zip(records, results) if isinstance(r, Refused)]
+        if cut:
+            # The full record does not fit: keep its envelope and a prefix, so the operator
+            # still sees what it was and why (the destination has not got it).
+            await self.produce_durably(cut)
         for d in items:
             d.settled = True
             log.error("delivery dead-lettered for %s: %s", d.destination_id, error,
                       extra={"destination_id": d.destination_id, "workspace_id": d.workspace_id,
                              "event_id": d.event_id})
         self._dead.inc(len(items))
+
+    def _sweep_idle(self) -> None:
+        """Forget destinations unused for a while (their limit and, if closed, breaker), so
+        a worker that has seen every tenant once does not keep them all for ever."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + min(60.0, self.cfg.idle_evict_s)
+        for dest_id, used in list(self.last_used.items()):
+            if now - used < self.cfg.idle_evict_s:
+                continue
+            breaker = self.breakers.get(dest_id)
+            limit = self.limits.get(dest_id)
+            if (breaker is not None and breaker.is_open) or (limit is not None and limit.locked()):
+                continue
+            self.breakers.pop(dest_id, None)
+            self.limits.pop(dest_id, None)
+            del self.last_used[dest_id]
 
     def _export_breakers(self) -> None:
         metrics.breakers_open.labels(self.destination_type).set(sum(1 for b in self.breakers.values() if b.is_open))

@@ -123,7 +123,7 @@ class HttpSink:
             async with target.limit:
                 outcome = await self._post(session, provider.POLICY, req)
             for i in req.items:
-                outcomes[i] = outcome
+                outcomes[i] = deliveries[i].outcome = outcome
 
         if len(encoded.requests) == 1:  # the common case: no task for a single request
             await post(encoded.requests[0])

@@ -48,6 +48,10 @@ class S3Sink:
         sem = asyncio.Semaphore(self._concurrency)
 
         async def put(d: Delivery) -> Outcome:
+            d.outcome = await attempt(d)
+            return d.outcome
+
+        async def attempt(d: Delivery) -> Outcome:
             async with sem:
                 try:
                     await client.put_object(Bucket=destination["bucket"], Key=d.object_key, Body=d.message,
