@@ -25,6 +25,7 @@ from streamer.sinks.base import DELIVERED, Delivery, Outcome
 from streamer.sinks.http import datadog, generic, splunk, sumo
 from streamer.sinks.http.request import retry_after_seconds
 
+OFF_LOOP_BYTES = 256 * 1024  # a batch this large is encoded (escaped, gzipped) in a thread
 PROVIDERS = {"generic": generic, "sumo": sumo, "datadog": datadog, "splunk": splunk}
 DEFAULT_PATHS = {"datadog": "/api/v2/logs", "splunk": "/services/collector/event"}
 
@@ -114,7 +115,12 @@ class HttpSink:
         provider = PROVIDERS[destination.get("provider", "generic")]
         target = self._destination(destination)
         session = self._shared_session()
-        encoded = provider.encode(target.dest, target.headers, deliveries)
+        if sum(len(d.message) for d in deliveries) > OFF_LOOP_BYTES:
+            # Escaping and gzip of megabytes take milliseconds to seconds of CPU: in a thread,
+            # so the loop keeps heartbeats and every other destination moving meanwhile.
+            encoded = await asyncio.to_thread(provider.encode, target.dest, target.headers, deliveries)
+        else:
+            encoded = provider.encode(target.dest, target.headers, deliveries)
         outcomes: list[Outcome] = [DELIVERED] * len(deliveries)
         for r in encoded.rejected:
             outcomes[r.index] = Outcome(False, False, r.reason)
