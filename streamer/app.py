@@ -341,12 +341,25 @@ async def live(web, request):
     return await health(web, request)
 
 
+group = {"joined": False, "partitions": 0}
+
+
+@app.on_partitions_assigned.connect
+async def _on_assigned(app, assigned, **kwargs) -> None:
+    group["joined"], group["partitions"] = True, len(assigned)
+
+
 @app.page("/ready")
 async def ready(web, request):
+    """Ready once the settings are read in full, the broker answers, and the worker has
+    joined its consumer group (received an assignment). An empty assignment counts: with
+    more workers than partitions a worker is a hot standby, and a rollout must not wait on it."""
     fresh = view.last_fetch is not None and time.monotonic() - view.last_fetch < 15
     body = {"settings_ready": view.ready.is_set(), "broker_connected": fresh, "settings_version": view.state.version,
-            "settings_rows_recovered": view.recovered_rows, "recovery_seconds": view.recovery_seconds}
-    return web.json(body, status=200 if view.ready.is_set() and fresh else 503)
+            "settings_rows_recovered": view.recovered_rows, "recovery_seconds": view.recovery_seconds,
+            "group_joined": group["joined"], "partitions_assigned": group["partitions"]}
+    ok = view.ready.is_set() and fresh and group["joined"]
+    return web.json(body, status=200 if ok else 503)
 
 
 @app.page("/settings")

@@ -37,12 +37,31 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+# aiokafka logs these at ERROR while a worker starts or the group rebalances: the
+# coordinator is being elected or moved, and the client retries by itself. An operator
+# needs to act only if they persist, which readiness shows.
+_EXPECTED = ("GroupCoordinatorNotAvailableError", "NotCoordinatorForGroupError", "CoordinatorLoadInProgressError",
+             "RebalanceInProgressError")
+
+
+class ExpectedStatesAtInfo(logging.Filter):
+    """Log expected start-up and rebalance states at info; keep error for what needs an operator."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.name.startswith("aiokafka"):
+            text = record.getMessage()
+            if any(name in text for name in _EXPECTED):
+                record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def logging_config(level: str) -> dict:
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": "streamer.logs.JsonFormatter"}},
-        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json",
+        "filters": {"expected": {"()": "streamer.logs.ExpectedStatesAtInfo"}},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["expected"],
                                  "stream": "ext://sys.stdout"}},
         "root": {"level": level.upper(), "handlers": ["console"]},
         # aiokafka logs every transient broker hiccup at ERROR; our own retry logs say what matters.

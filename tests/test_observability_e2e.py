@@ -45,7 +45,12 @@ async def test_readiness_is_false_while_settings_recover_and_true_after(env, wor
     assert w.get("/health")[0] == 200
     assert (503, False) in seen, f"readiness must be false during recovery, saw {sorted(set(seen))}"
     assert seen[-1] == (200, True)
-    assert orjson.loads(w.get("/ready")[1])["settings_rows_recovered"] == 60_000
+    ready = orjson.loads(w.get("/ready")[1])
+    assert ready["settings_rows_recovered"] == 60_000
+    assert ready["group_joined"] is True and ready["partitions_assigned"] > 0  # ready means in the group
+    # A normal start logs nothing at error level: expected start-up states are info.
+    errors = [line for line in w.log().splitlines() if '"level":"error"' in line]
+    assert errors == [], errors[:3]
 
 
 async def test_metrics_move_with_traffic_and_carry_no_ids(env, worker_factory, kafka, prefix, providers):

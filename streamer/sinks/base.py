@@ -13,9 +13,6 @@ from typing import Any, Protocol
 
 import orjson
 
-HEADER_NAMES = ("dest", "ws", "eid", "kind", "ts", "okey", "att", "first", "next", "err", "hist")
-
-
 @dataclass(slots=True)
 class Delivery:
     destination_id: str

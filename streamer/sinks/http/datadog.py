@@ -26,10 +26,6 @@ def _item_prefix(dest: dict) -> bytes:
     return orjson.dumps(fields)[:-1] + b',"message":'
 
 
-def item(dest: dict, message: bytes) -> bytes:
-    return b"".join((_item_prefix(dest), orjson.dumps(message.decode("utf-8")), b"}"))
-
-
 def encode(dest: dict, headers: dict[str, str], deliveries) -> Encoded:
     base = {"Content-Type": "application/json", **headers}
     prefix = _item_prefix(dest)  # the same for every item: built once per request batch
