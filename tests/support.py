@@ -30,8 +30,9 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, 
 
 
 async def consume(bootstrap: str, topic: str, count: int, timeout: float = 30.0,
-                  predicate=None) -> list:
-    """Read `topic` from the beginning until `count` records (matching predicate) or timeout."""
+                  predicate=None, stop=None) -> list:
+    """Read `topic` from the beginning until `count` records (matching predicate), or until
+    `stop(records so far)` is true, or timeout."""
     c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                          group_id=None, enable_auto_commit=False, fetch_max_bytes=60 * 1024 * 1024,
                          max_partition_fetch_bytes=60 * 1024 * 1024)
@@ -39,7 +40,7 @@ async def consume(bootstrap: str, topic: str, count: int, timeout: float = 30.0,
     out = []
     try:
         deadline = time.monotonic() + timeout
-        while len(out) < count and time.monotonic() < deadline:
+        while len(out) < count and time.monotonic() < deadline and not (stop and stop(out)):
             batch = await c.getmany(timeout_ms=200)
             for msgs in batch.values():
                 out.extend(m for m in msgs if predicate is None or predicate(m))
