@@ -9,6 +9,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streamer.kafka_client import KafkaSecurity, client_kwargs
+
 
 @dataclass
 class DeadLetter:
@@ -48,13 +50,15 @@ def matches(d: DeadLetter, workspace_id: str | None = None, destination_id: str 
     return True
 
 
-async def read_dead_letters(bootstrap: str, topic: str, limit: int = 1_000_000, **filters) -> list[DeadLetter]:
+async def read_dead_letters(bootstrap: str, topic: str, limit: int = 1_000_000, security: KafkaSecurity | None = None,
+                            **filters) -> list[DeadLetter]:
     """Every matching dead letter present when called (reads each partition to its end)."""
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                         max_partition_fetch_bytes=64 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
-    await c.start()
+                         max_partition_fetch_bytes=64 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024,
+                         **client_kwargs(security))
     out: list[DeadLetter] = []
     try:
+        await c.start()
         parts = [TopicPartition(topic, p) for p in (c.partitions_for_topic(topic) or await _partitions(c, topic))]
         c.assign(parts)
         ends = await c.end_offsets(parts)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
+from streamer.kafka_client import KafkaSecurity, client_kwargs
 from topics import TOPICS, TopicSpec
 
 
@@ -49,11 +50,29 @@ async def _configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, di
     return out
 
 
-async def apply_topics(bootstrap_servers: str, prefix: str = "",
-                       specs: tuple[TopicSpec, ...] = TOPICS) -> ApplyReport:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=30000)
-    await admin.start()
+def for_environment(specs: tuple[TopicSpec, ...], replication_factor: int | None = None,
+                    min_insync_replicas: int | None = None) -> tuple[TopicSpec, ...]:
+    """The topic definitions with this environment's replication: a laptop has one broker,
+    production three or more. min.insync.replicas defaults to one less than the replication
+    factor (2 of 3): with acks=all a write survives a broker loss, and one broker may be
+    down (a rolling restart) without stopping producers."""
+    if replication_factor is None:
+        return specs
+    isr = min_insync_replicas or max(1, replication_factor - 1)
+    if isr > replication_factor:
+        raise ValueError(f"min.insync.replicas {isr} exceeds the replication factor {replication_factor}")
+    return tuple(replace(s, replication_factor=replication_factor,
+                         configs={**s.configs, "min.insync.replicas": str(isr)}) for s in specs)
+
+
+async def apply_topics(bootstrap_servers: str, prefix: str = "", specs: tuple[TopicSpec, ...] = TOPICS,
+                       security: KafkaSecurity | None = None, replication_factor: int | None = None,
+                       min_insync_replicas: int | None = None) -> ApplyReport:
+    specs = for_environment(specs, replication_factor, min_insync_replicas)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=30000,
+                                **client_kwargs(security))
     try:
+        await admin.start()
         wanted = {prefix + s.name: s for s in specs}
         existing = set(await admin.list_topics())
         missing = [n for n in wanted if n not in existing]
@@ -93,8 +112,14 @@ async def apply_topics(bootstrap_servers: str, prefix: str = "",
         await admin.close()
 
 
-def run_apply(bootstrap_servers: str, prefix: str = "") -> int:
-    report = asyncio.run(apply_topics(bootstrap_servers, prefix))
+def run_apply(bootstrap_servers: str, prefix: str = "", replication_factor: int | None = None,
+              min_insync_replicas: int | None = None) -> int:
+    from streamer.config import Config
+
+    cfg = Config.from_env()
+    rf = replication_factor or cfg.topic_replication_factor
+    report = asyncio.run(apply_topics(bootstrap_servers, prefix, replication_factor=rf,
+                                      min_insync_replicas=min_insync_replicas or cfg.topic_min_insync_replicas))
     for n in report.created:
         print(f"created   {n}")
     for n in report.unchanged:
