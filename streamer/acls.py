@@ -51,6 +51,7 @@ def worker_acls(prefix: str = "", group: str = "streamer") -> list[Acl]:
 def admin_acls(prefix: str = "") -> list[Acl]:
     out = {Acl("topic", prefix + t, op) for t in ADMIN_READS for op in ("Read", "Describe")}
     out |= {Acl("topic", prefix + t, op) for t in ADMIN_WRITES for op in ("Write", "Describe")}
+    out.add(Acl("cluster", "kafka-cluster", "IdempotentWrite"))  # the CLI's producer is idempotent
     return sorted(out)
 
 

@@ -94,15 +94,28 @@ class _Started:
                     return done.value
 
 
+class Producer(faust_aiokafka.Producer):
+    """Faust's producer, idempotent: Faust 0.15.3 enables idempotence only inside
+    transactions, but a broker failover makes the producer retry a batch whose ack was lost,
+    and without idempotence the retry is written twice (acks=all is set on the app)."""
+
+    def _settings_extra(self):
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
 class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
+    Producer = Producer
 
 
 class App(faust.App):
-    """A Faust app whose consumer is `Consumer` above; everything else is stock Faust."""
+    """A Faust app with `Consumer` and `Producer` above; everything else is stock Faust."""
 
     def _new_transport(self):
         return Transport(self.conf.broker_consumer, self)
+
+    def _new_producer_transport(self):
+        return Transport(self.conf.broker_producer, self)
 
 
 async def _next_batch(queue: Any, max_: int, linger_s: float) -> list[faust.EventT] | None:

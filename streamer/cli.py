@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("action", choices=["apply", "list"])
     p.add_argument("--bootstrap-servers", default=None)
     p.add_argument("--prefix", default=None, help="topic name prefix (default STREAMER_TOPIC_PREFIX)")
+    p.add_argument("--profile", choices=["dev", "prod"], default=None,
+                   help="replication per environment: dev 1 replica, prod 3 replicas with min.insync.replicas 2")
     p.add_argument("--replication-factor", type=int, default=None,
                    help="replicas per partition (default STREAMER_TOPIC_REPLICATION_FACTOR, else 1)")
     p.add_argument("--min-insync-replicas", type=int, default=None,
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
 
         bootstrap = _bootstrap(args)
         sys.exit(_kafka_command(lambda: run_apply(bootstrap, prefix, args.replication_factor,
-                                                  args.min_insync_replicas), bootstrap))
+                                                  args.min_insync_replicas, args.profile), bootstrap))
     elif args.cmd == "schemas":
         from streamer.schemas import write_or_check
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from streamer.kafka_client import KafkaSecurity, client_kwargs
-from topics import TOPICS, TopicSpec
+from topics import TOPICS, TopicSpec, for_environment
 
 
 @dataclass
@@ -48,21 +48,6 @@ async def _configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, di
         for _err, _msg, _rtype, rname, entries in response.resources:
             out[rname] = {e[0]: e[1] for e in entries}
     return out
-
-
-def for_environment(specs: tuple[TopicSpec, ...], replication_factor: int | None = None,
-                    min_insync_replicas: int | None = None) -> tuple[TopicSpec, ...]:
-    """The topic definitions with this environment's replication: a laptop has one broker,
-    production three or more. min.insync.replicas defaults to one less than the replication
-    factor (2 of 3): with acks=all a write survives a broker loss, and one broker may be
-    down (a rolling restart) without stopping producers."""
-    if replication_factor is None:
-        return specs
-    isr = min_insync_replicas or max(1, replication_factor - 1)
-    if isr > replication_factor:
-        raise ValueError(f"min.insync.replicas {isr} exceeds the replication factor {replication_factor}")
-    return tuple(replace(s, replication_factor=replication_factor,
-                         configs={**s.configs, "min.insync.replicas": str(isr)}) for s in specs)
 
 
 async def apply_topics(bootstrap_servers: str, prefix: str = "", specs: tuple[TopicSpec, ...] = TOPICS,
@@ -113,13 +98,16 @@ async def apply_topics(bootstrap_servers: str, prefix: str = "", specs: tuple[To
 
 
 def run_apply(bootstrap_servers: str, prefix: str = "", replication_factor: int | None = None,
-              min_insync_replicas: int | None = None) -> int:
+              min_insync_replicas: int | None = None, profile: str | None = None) -> int:
+    """Options win over the profile, the profile over STREAMER_TOPIC_REPLICATION_FACTOR /
+    STREAMER_TOPIC_MIN_INSYNC_REPLICAS."""
     from streamer.config import Config
+    from topics import PROFILES
 
     cfg = Config.from_env()
-    rf = replication_factor or cfg.topic_replication_factor
-    report = asyncio.run(apply_topics(bootstrap_servers, prefix, replication_factor=rf,
-                                      min_insync_replicas=min_insync_replicas or cfg.topic_min_insync_replicas))
+    rf, isr = PROFILES[profile] if profile else (cfg.topic_replication_factor, cfg.topic_min_insync_replicas)
+    report = asyncio.run(apply_topics(bootstrap_servers, prefix, replication_factor=replication_factor or rf,
+                                      min_insync_replicas=min_insync_replicas or isr))
     for n in report.created:
         print(f"created   {n}")
     for n in report.unchanged:

@@ -55,9 +55,15 @@ def _tool(name: str) -> str:
 
 
 def _setting_names() -> set[str]:
-    """Every STREAMER_* variable streamer/config.py reads."""
+    """Every STREAMER_* variable streamer/config.py and streamer/kafka_client.py read
+    (secrets there also have a _FILE variant)."""
     source = (ROOT / "streamer" / "config.py").read_text()
-    return {f"STREAMER_{n}" for n in re.findall(r'_(?:env|bool)\(\s*"([A-Z0-9_]+)"', source)}
+    names = {f"STREAMER_{n}" for n in re.findall(r'_(?:env|bool)\(\s*"([A-Z0-9_]+)"', source)}
+    kafka = (ROOT / "streamer" / "kafka_client.py").read_text()
+    names |= {f"STREAMER_{n}" for n in re.findall(r'_env\(\s*"([A-Z0-9_]+)"', kafka)}
+    for n in re.findall(r'_secret\(\s*"([A-Z0-9_]+)"', kafka):
+        names |= {f"STREAMER_{n}", f"STREAMER_{n}_FILE"}
+    return names
 
 
 # --------------------------------------------------------------------------- Kubernetes
@@ -79,6 +85,7 @@ _NAME_RULES = {"Service": (_DNS_1035, 63), "Namespace": (_DNS_LABEL, 63)}
 CRDS: dict[tuple[str, str], tuple[str, set[str]]] = {
     ("keda.sh", "ScaledObject"): ("scaledobject.keda.sh.yaml", {"v1alpha1"}),
     ("kafka.strimzi.io", "KafkaTopic"): ("kafkatopic.kafka.strimzi.io.yaml", {"v1", "v1beta2"}),
+    ("kafka.strimzi.io", "KafkaUser"): ("kafkauser.kafka.strimzi.io.yaml", {"v1"}),
     ("monitoring.coreos.com", "ServiceMonitor"): ("servicemonitor.monitoring.coreos.com.yaml", {"v1"}),
 }
 _INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
@@ -491,14 +498,44 @@ def test_strimzi_topics_file_is_current():
 
 
 def test_strimzi_topics_match_the_topic_definitions():
-    docs = render("k8s/strimzi")
+    """Strimzi is production: the prod profile's replication, so `topics apply --profile prod`
+    finds no drift on the topics the Topic Operator made."""
+    from topics import PROFILES, for_environment
+
+    docs = [d for d in render("k8s/strimzi") if d["kind"] == "KafkaTopic"]
     by_name = {d["spec"]["topicName"]: d for d in docs}
     assert set(by_name) == {t.name for t in TOPICS}
-    for t in TOPICS:
+    for t in for_environment(TOPICS, *PROFILES["prod"]):
         d = by_name[t.name]
         assert d["metadata"]["labels"]["strimzi.io/cluster"]
         assert (d["spec"]["partitions"], d["spec"]["replicas"]) == (t.partitions, t.replication_factor)
         assert d["spec"]["config"] == t.configs
+
+
+def _strimzi_acls(user: dict) -> set:
+    from streamer.acls import Acl
+
+    out = set()
+    for rule in user["spec"]["authorization"]["acls"]:
+        assert rule.get("type", "allow") == "allow" and rule.get("host", "*") == "*"
+        res = rule["resource"]
+        assert res.get("patternType", "literal") == "literal"
+        for op in rule["operations"]:
+            out.add(Acl(res["type"], res.get("name", "kafka-cluster"), op))
+    return out
+
+
+def test_strimzi_users_have_exactly_streamers_least_privilege():
+    """The KafkaUsers grant what streamer/acls.py grants in the SASL_SSL tests: no more (least
+    privilege) and no less (a worker missing one would fail in production only)."""
+    from streamer.acls import admin_acls, worker_acls
+
+    users = {d["metadata"]["name"]: d for d in render("k8s/strimzi") if d["kind"] == "KafkaUser"}
+    assert _strimzi_acls(users["streamer-worker"]) == set(worker_acls("", "streamer"))
+    assert _strimzi_acls(users["streamer-admin"]) == set(admin_acls(""))
+    assert {u["spec"]["authentication"]["type"] for u in users.values()} == {"scram-sha-512"}
+    base = one(render("k8s/overlays/prod"), "ConfigMap", None)
+    assert base["data"]["STREAMER_APP_ID"] == "streamer" and base["data"]["STREAMER_TOPIC_PREFIX"] == ""
 
 
 def test_gen_script_check_reports_a_stale_file(tmp_path, capsys):

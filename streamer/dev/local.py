@@ -108,6 +108,15 @@ class Service:
         raise ServiceError(f"{self.name} did not become ready on 127.0.0.1:{self.port} within "
                            f"{timeout:.0f}s; last lines of {self.log_file}:\n{_tail(self.log_file)}")
 
+    def kill(self) -> None:
+        """SIGKILL, no shutdown: a crashed machine, for failover tests."""
+        pid = self.pid()
+        if pid is not None:
+            os.killpg(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+
     def stop(self, timeout: float = 20.0) -> bool:
         pid = self.pid()
         if pid is None:
