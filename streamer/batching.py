@@ -28,6 +28,8 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 
+from streamer import metrics
+
 # How often a lingering batch looks for more events. A wait per event (asyncio.wait_for)
 # would create a task per event; a short sleep costs one wakeup per slice however many
 # events arrive in it.
@@ -49,6 +51,13 @@ class Consumer(faust_aiokafka.Consumer):
     in between and there is nothing to race. Only if it has to wait (flow control, a
     full queue) does the rest of it run under Faust's own `wait_first`, exactly as before.
     """
+
+    async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
+        # Counted because every rebalance pauses the whole group: the count shows whether
+        # static membership (STREAMER_INSTANCE_ID) keeps restarts from causing them.
+        metrics.group_assignments.inc()
+        metrics.group_generation.set(generation_id)
+        await super().on_partitions_assigned(assigned, generation_id)
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         if (len(coros) == 2 and timeout is None and asyncio.iscoroutine(coros[0])
