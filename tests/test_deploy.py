@@ -209,7 +209,7 @@ def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 
 def pod_specs(objects: list[dict]) -> Iterator[tuple[dict, dict]]:
     for o in objects:
-        if o["kind"] in ("Deployment", "Job"):
+        if o["kind"] in ("StatefulSet", "Job"):
             yield o, o["spec"]["template"]["spec"]
 
 
@@ -229,7 +229,7 @@ def test_rendered_objects_are_valid(path, k8s_version):
 
 def _broken_cases() -> dict[str, Callable[[list[dict]], dict]]:
     def deployment(objs):
-        return one(objs, "Deployment", WORKER)
+        return one(objs, "StatefulSet", WORKER)
 
     def container(objs):
         return deployment(objs)["spec"]["template"]["spec"]["containers"][0]
@@ -312,12 +312,12 @@ def test_validator_rejects_broken_objects(case):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_exactly_one_autoscaler_owns_the_workers(overlay):
     objects = render(f"k8s/overlays/{overlay}")
-    deployment = one(objects, "Deployment", WORKER)
+    deployment = one(objects, "StatefulSet", WORKER)
     scalers = [o for o in objects if o["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")
                and o["spec"]["scaleTargetRef"]["name"] == WORKER]
     assert len(scalers) == 1, [s["kind"] for s in scalers]
     ref = scalers[0]["spec"]["scaleTargetRef"]
-    assert (ref.get("apiVersion", "apps/v1"), ref.get("kind", "Deployment")) == ("apps/v1", "Deployment")
+    assert (ref.get("apiVersion", "apps/v1"), ref.get("kind")) == ("apps/v1", "StatefulSet")
     # A replicas field would reset the autoscaler's choice on every apply.
     assert "replicas" not in deployment["spec"]
     spec = scalers[0]["spec"]
@@ -366,18 +366,18 @@ def test_pods_are_hardened_and_write_only_to_empty_dirs(overlay):
             for kind in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(c["resources"][kind]), (owner["metadata"]["name"], kind)
             mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
-            wanted = ["/tmp"] + ([config["STREAMER_DATA_DIR"]] if owner["kind"] == "Deployment" else [])
+            wanted = ["/tmp"] + ([config["STREAMER_DATA_DIR"]] if owner["kind"] == "StatefulSet" else [])
             for path in wanted:
                 assert path in mounts, f"{c['name']}: nothing writable at {path}"
                 assert "emptyDir" in volumes[mounts[path]]
-    assert seen == {"Deployment", "Job"}
+    assert seen == {"StatefulSet", "Job"}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_worker_probes_and_web_port(overlay):
     objects = render(f"k8s/overlays/{overlay}")
     config = one(objects, "ConfigMap")["data"]
-    pod = one(objects, "Deployment", WORKER)["spec"]["template"]["spec"]
+    pod = one(objects, "StatefulSet", WORKER)["spec"]["template"]["spec"]
     (worker,) = pod["containers"]
     assert worker["args"] == ["worker"]
     ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
@@ -393,7 +393,7 @@ def test_worker_probes_and_web_port(overlay):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_service_monitor_pdb_and_network_policy_select_the_workers(overlay):
     objects = render(f"k8s/overlays/{overlay}")
-    deployment = one(objects, "Deployment", WORKER)
+    deployment = one(objects, "StatefulSet", WORKER)
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert selects(deployment["spec"]["selector"]["matchLabels"], pod_labels)
     job_labels = one(objects, "Job")["spec"]["template"]["metadata"]["labels"]
@@ -476,7 +476,7 @@ def test_topics_job_applies_the_topics():
         (c,) = job["spec"]["template"]["spec"]["containers"]
         assert c["args"][:2] == ["topics", "apply"]
         assert job["spec"]["template"]["spec"]["restartPolicy"] in ("Never", "OnFailure")
-        assert c["image"] == one(objects, "Deployment", WORKER)["spec"]["template"]["spec"]["containers"][0]["image"]
+        assert c["image"] == one(objects, "StatefulSet", WORKER)["spec"]["template"]["spec"]["containers"][0]["image"]
 
 
 # ------------------------------------------------------------------------ Strimzi topics
