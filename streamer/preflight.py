@@ -74,8 +74,17 @@ async def wait_for_kafka(cfg: Config) -> bool:
         return web.json_response({"settings_ready": False, "broker_connected": False, "kafka_error": state["reason"]},
                                  status=503)
 
+    async def prometheus(_request):
+        # The same registry as the worker's: streamer_settings_ready is 0, so the not-ready
+        # alert fires on this worker too instead of seeing a failed scrape.
+        from prometheus_client import generate_latest
+
+        from streamer import metrics
+
+        return web.Response(body=generate_latest(metrics.REGISTRY), content_type="text/plain")
+
     server = web.Application()
-    server.add_routes([web.get("/health", health), web.get("/ready", ready)])
+    server.add_routes([web.get("/health", health), web.get("/ready", ready), web.get("/metrics", prometheus)])
     runner = web.AppRunner(server, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, cfg.web_host, cfg.web_port).start()

@@ -87,6 +87,7 @@ CRDS: dict[tuple[str, str], tuple[str, set[str]]] = {
     ("kafka.strimzi.io", "KafkaTopic"): ("kafkatopic.kafka.strimzi.io.yaml", {"v1", "v1beta2"}),
     ("kafka.strimzi.io", "KafkaUser"): ("kafkauser.kafka.strimzi.io.yaml", {"v1"}),
     ("monitoring.coreos.com", "ServiceMonitor"): ("servicemonitor.monitoring.coreos.com.yaml", {"v1"}),
+    ("monitoring.coreos.com", "PrometheusRule"): ("prometheusrule.monitoring.coreos.com.yaml", {"v1"}),
 }
 _INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 _OBJECT_META = "/api/_definitions.json#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
@@ -334,12 +335,16 @@ def test_overlays_use_keda_in_prod_and_hpa_in_dev():
     assert "ScaledObject" not in {o["kind"] for o in render("k8s/overlays/dev")}
 
 
-def test_keda_scales_on_the_lag_of_the_raw_topics_in_the_workers_group():
+def test_keda_scales_on_the_lag_of_the_raw_delivery_and_retry_topics_in_the_workers_group():
     objects = render("k8s/overlays/prod")
     config = one(objects, "ConfigMap")["data"]
     triggers = one(objects, "ScaledObject", WORKER)["spec"]["triggers"]
     assert {t["type"] for t in triggers} == {"kafka"}
-    assert sorted(t["metadata"]["topic"] for t in triggers) == sorted(RAW_TOPICS)
+    delivery = ("audit.deliveries.s3.v1", "audit.deliveries.http.v1", "audit.deliveries.retry.v1")
+    assert sorted(t["metadata"]["topic"] for t in triggers) == sorted(RAW_TOPICS + delivery)
+    partitions = {t.name: t.partitions for t in TOPICS}
+    spec = one(objects, "ScaledObject", WORKER)["spec"]
+    assert spec["maxReplicaCount"] <= min(partitions[t] for t in RAW_TOPICS + delivery)
     for t in triggers:
         assert t["metadata"]["consumerGroup"] == config["STREAMER_APP_ID"]
         assert t["metadata"]["bootstrapServers"] == config["STREAMER_BOOTSTRAP_SERVERS"]
