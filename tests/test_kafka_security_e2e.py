@@ -131,3 +131,30 @@ async def test_worker_with_a_wrong_password_is_alive_but_not_ready(secure_kafka,
         assert "authentication failed" in worker.log() and "wrong-password" not in worker.log()
     finally:
         assert worker.stop() == 0, worker.log()[-3000:]
+
+
+def test_settings_from_the_environment_and_mounted_files(tmp_path):
+    """No broker needed: the parsing every client relies on, and its refusals (exit 2 in the CLI)."""
+    from streamer.kafka_client import KafkaConfigError, KafkaSecurity
+
+    assert KafkaSecurity.from_env({}).aiokafka() == {"security_protocol": "PLAINTEXT"}
+    assert KafkaSecurity.from_env({}).faust() == {}
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    sec = KafkaSecurity.from_env({"STREAMER_SECURITY_PROTOCOL": "sasl_plaintext", "STREAMER_SASL_USERNAME": "u",
+                                  "STREAMER_SASL_PASSWORD_FILE": str(secret),
+                                  "STREAMER_SASL_MECHANISM": "scram-sha-256"})
+    assert sec.aiokafka() == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-256",
+                              "sasl_plain_username": "u", "sasl_plain_password": "s3cret"}
+    assert "s3cret" not in sec.describe() and "s3cret" not in repr(sec.faust()["broker_credentials"])
+    for env, message in (
+        ({"STREAMER_SECURITY_PROTOCOL": "TLS"}, "use one of"),
+        ({"STREAMER_SECURITY_PROTOCOL": "SASL_SSL", "STREAMER_SASL_USERNAME": "u"}, "STREAMER_SASL_PASSWORD"),
+        ({"STREAMER_SECURITY_PROTOCOL": "SASL_SSL", "STREAMER_SASL_USERNAME": "u", "STREAMER_SASL_PASSWORD": "p",
+          "STREAMER_SASL_MECHANISM": "GSSAPI"}, "STREAMER_SASL_MECHANISM"),
+        ({"STREAMER_SASL_PASSWORD_FILE": str(tmp_path / "absent")}, "STREAMER_SASL_PASSWORD_FILE"),
+        ({"STREAMER_SECURITY_PROTOCOL": "SSL", "STREAMER_SSL_CAFILE": str(tmp_path / "absent.pem")}, "no such file"),
+        ({"STREAMER_SECURITY_PROTOCOL": "SSL", "STREAMER_SSL_KEYFILE": str(secret)}, "STREAMER_SSL_CERTFILE"),
+    ):
+        with pytest.raises(KafkaConfigError, match=message):
+            KafkaSecurity.from_env(env)

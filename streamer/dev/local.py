@@ -522,10 +522,22 @@ def up(kafka: Kafka | KafkaCluster, s3: MotoS3) -> int:
 
 
 def dev_command(action: str, kafka_port: int, s3_port: int, secure: bool = False, brokers: int = 1) -> int:
+    if secure and brokers > 1:
+        print("error: --secure runs a single broker; use one of --secure and --brokers", file=sys.stderr)
+        return 2
     kafka, s3 = services(kafka_port, s3_port, secure=secure, brokers=brokers)
     if action == "up":
         return up(kafka, s3)
-    nodes = kafka.nodes if isinstance(kafka, KafkaCluster) else [kafka]
+    # down and status cover whichever variant was started (plain, --secure, --brokers N).
+    root = state_dir()
+    nodes = [Kafka(root / "kafka", kafka_port)]
+    if (root / "kafka-secure").exists():
+        nodes.append(Kafka(root / "kafka-secure", kafka_port))
+    if (root / "kafka-cluster").exists():
+        nodes += [Kafka(d, kafka_port, name=f"kafka{d.name[4:]}")
+                  for d in sorted((root / "kafka-cluster").glob("node*"))]
+    if action == "status":
+        nodes = [n for n in nodes if n.pid() is not None] or nodes[:1]
     if action == "down":
         for svc in (s3, *nodes):
             print(f"{svc.name}: {'stopped' if svc.stop() else 'was not running'}")
