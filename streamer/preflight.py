@@ -19,6 +19,7 @@ import time
 
 from aiohttp import web
 
+import topics as T
 from streamer.config import Config
 from streamer.kafka_client import Causes, KafkaConfigError, KafkaSecurity, explain
 
@@ -36,7 +37,7 @@ async def check(cfg: Config, timeout_s: float = 15.0) -> str | None:
         sec = KafkaSecurity.from_env()
     except KafkaConfigError as e:
         return str(e)
-    topic = cfg.topic("audit.settings.table.v1")
+    topic = cfg.topic(T.SETTINGS_TABLE)
     with Causes() as causes:
         c = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap_servers, request_timeout_ms=int(timeout_s * 1000),
                              **sec.aiokafka())
