@@ -7,7 +7,8 @@
 topics/__init__.py stays the only definition of the topics: `streamer topics apply` creates
 them from it, and this script renders the same definitions for clusters whose topics are
 owned by Strimzi's Topic Operator. Partitions, replication factor and configs are copied
-as they are, so `streamer topics apply` finds no drift on topics Strimzi created.
+as they are, with the prod profile's replication (3 replicas, min.insync.replicas 2), so
+`streamer topics apply --profile prod` finds no drift on topics Strimzi created.
 
 Kubernetes names cannot hold `_`, so metadata.name is the topic name in DNS form and
 spec.topicName keeps the real name.
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from topics import TOPICS, TopicSpec  # noqa: E402
+from topics import PROFILES, TOPICS, TopicSpec, for_environment  # noqa: E402
 
 OUTPUT = ROOT / "k8s" / "strimzi" / "kafkatopics.yaml"
 # kafka.strimzi.io/v1 is served by Strimzi 0.49 and later (v1beta2 has the same spec fields).
@@ -73,7 +74,12 @@ def topic_resource(spec: TopicSpec, cluster: str = CLUSTER) -> dict:
     }
 
 
-def render(specs: tuple[TopicSpec, ...] = TOPICS, cluster: str = CLUSTER) -> str:
+# A Strimzi cluster is a production cluster: three replicas, min.insync.replicas 2 (the
+# `prod` profile of `streamer topics apply`, which then finds no drift).
+PROD_TOPICS = for_environment(TOPICS, *PROFILES["prod"])
+
+
+def render(specs: tuple[TopicSpec, ...] = PROD_TOPICS, cluster: str = CLUSTER) -> str:
     names: dict[str, str] = {}
     docs = []
     for spec in specs:

@@ -17,6 +17,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 import topics as T
+from streamer.kafka_client import KafkaSecurity, client_kwargs
 from streamer.settings import secrets, signing
 from streamer.settings.state import SettingsState
 
@@ -45,8 +46,10 @@ def build_command(kind: str, fields: dict[str, Any], actor: str, key_id: str, ke
 
 class AdminClient:
     def __init__(self, bootstrap_servers: str, prefix: str = "", signing_keys: dict[str, bytes] | None = None,
-                 encryption_keys: dict[str, bytes] | None = None, actor: str = "admin"):
+                 encryption_keys: dict[str, bytes] | None = None, actor: str = "admin",
+                 security: KafkaSecurity | None = None):
         self.bootstrap = bootstrap_servers
+        self.security = security  # None: this process's STREAMER_SECURITY_* settings
         self.prefix = prefix
         self.signing_keys = signing_keys or {}
         self.encryption_keys = encryption_keys or {}
@@ -54,8 +57,13 @@ class AdminClient:
         self._producer: AIOKafkaProducer | None = None
 
     async def __aenter__(self) -> "AdminClient":
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
-        await self._producer.start()
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
+                                          **client_kwargs(self.security))
+        try:
+            await self._producer.start()
+        except BaseException:
+            await self._producer.stop()
+            raise
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -80,9 +88,9 @@ class AdminClient:
         return await self.send(self.command(kind, **fields), timeout)
 
     async def _results_end(self) -> int:
-        c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap)
-        await c.start()
+        c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, **client_kwargs(self.security))
         try:
+            await c.start()
             tp = TopicPartition(self.prefix + T.SETTINGS_RESULTS, 0)
             return (await c.end_offsets([tp]))[tp]
         finally:
@@ -90,9 +98,10 @@ class AdminClient:
 
     async def wait_result(self, command_id: str, from_offset: int = 0, timeout: float = 30.0) -> dict[str, Any]:
         tp = TopicPartition(self.prefix + T.SETTINGS_RESULTS, 0)
-        c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
-        await c.start()
+        c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                             **client_kwargs(self.security))
         try:
+            await c.start()
             c.assign([tp])
             c.seek(tp, from_offset)
             deadline = time.monotonic() + timeout
@@ -106,13 +115,14 @@ class AdminClient:
             await c.stop()
 
 
-async def read_settings(bootstrap_servers: str, prefix: str = "") -> SettingsState:
+async def read_settings(bootstrap_servers: str, prefix: str = "",
+                        security: KafkaSecurity | None = None) -> SettingsState:
     """Read the whole settings table once (for `streamer settings get/list`)."""
     tp = TopicPartition(prefix + T.SETTINGS_TABLE, 0)
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
-    await c.start()
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, **client_kwargs(security))
     state = SettingsState()
     try:
+        await c.start()
         c.assign([tp])
         end = (await c.end_offsets([tp]))[tp]
         c.seek(tp, (await c.beginning_offsets([tp]))[tp])

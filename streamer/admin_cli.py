@@ -148,8 +148,12 @@ def run_admin(args) -> int:
                                actor=args.actor or getpass.getuser()) as admin:
             return await admin.run(kind, **fields)
 
+    from aiokafka.errors import KafkaError
+
     try:
         result = asyncio.run(go())
+    except (KafkaError, OSError):
+        raise  # the caller explains connection, TLS, SASL and ACL failures (exit 2)
     except Exception as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ from streamer.produce import DurableProducer, Refused, cut_down
 from streamer.retry_schedule import scheduled
 from streamer.config import Config
 from streamer.gc_tuning import track_gc_time, tune_gc
+from streamer.kafka_client import KafkaSecurity
 from streamer.logs import logging_config
 from streamer.routing import Routed, Skip, route_safely
 from streamer.events.parse import KIND_BY_TOPIC
@@ -77,6 +78,12 @@ app = App(
     stream_wait_empty=False,
     worker_redirect_stdouts=False,
     logging_config=logging_config(cfg.log_level),
+    # TLS/SASL from STREAMER_SECURITY_PROTOCOL etc.; the view and the replay reader pick up
+    # the same settings from the environment (streamer/kafka_client.py).
+    **KafkaSecurity.from_env().faust(),
+    # Static membership (STREAMER_INSTANCE_ID, e.g. the pod name): a restarted member
+    # with the same id gets its partitions back without a group rebalance.
+    consumer_group_instance_id=cfg.instance_id,
 )
 
 

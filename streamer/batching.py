@@ -33,6 +33,8 @@ from mode.utils.queues import ThrowableQueue
 from streamer.acks import OrderedAcks
 from streamer.liveness import Progress
 
+from streamer import metrics
+
 # How often a lingering batch looks for more events. A wait per event (asyncio.wait_for)
 # would create a task per event; a short sleep costs one wakeup per slice however many
 # events arrive in it.
@@ -54,6 +56,13 @@ class Consumer(faust_aiokafka.Consumer):
     in between and there is nothing to race. Only if it has to wait (flow control, a
     full queue) does the rest of it run under Faust's own `wait_first`, exactly as before.
     """
+
+    async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
+        # Counted because every rebalance pauses the whole group: the count shows whether
+        # static membership (STREAMER_INSTANCE_ID) keeps restarts from causing them.
+        metrics.group_assignments.inc()
+        metrics.group_generation.set(generation_id)
+        await super().on_partitions_assigned(assigned, generation_id)
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         if (len(coros) == 2 and timeout is None and asyncio.iscoroutine(coros[0])
@@ -99,8 +108,18 @@ class _Started:
                     return done.value
 
 
+class Producer(faust_aiokafka.Producer):
+    """Faust's producer, idempotent: Faust 0.15.3 enables idempotence only inside
+    transactions, but a broker failover makes the producer retry a batch whose ack was lost,
+    and without idempotence the retry is written twice (acks=all is set on the app)."""
+
+    def _settings_extra(self):
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
 class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
+    Producer = Producer
 
 
 class ByteBoundedQueue(ThrowableQueue):
@@ -137,13 +156,17 @@ def _value_size(item: Any) -> int:
 
 
 class App(faust.App):
-    """A Faust app whose consumer is `Consumer` above and whose agents' queues are bounded
+    """A Faust app with `Consumer` and `Producer` above, whose agents' queues are bounded
     by bytes (`queue_max_bytes`); everything else is stock Faust."""
 
     queue_max_bytes: int = 0
 
     def _new_transport(self):
         return Transport(self.conf.broker_consumer, self)
+
+    def _new_producer_transport(self):
+        return Transport(self.conf.broker_producer, self)
+
 
     def FlowControlQueue(self, maxsize: int | None = None, *, clear_on_resume: bool = False) -> ThrowableQueue:
         return ByteBoundedQueue(maxsize=maxsize, flow_control=self.flow_control, clear_on_resume=clear_on_resume,

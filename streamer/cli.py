@@ -13,6 +13,26 @@ def _bootstrap(args) -> str:
     return args.bootstrap_servers or Config.from_env().bootstrap_servers
 
 
+def _kafka_command(run, bootstrap: str) -> int:
+    """Run a command that talks to Kafka; a connection, TLS, SASL or ACL failure ends it with
+    exit 2 and one line saying what is wrong, instead of a traceback or a hang."""
+    import ssl
+
+    from aiokafka.errors import KafkaError
+
+    from streamer.kafka_client import Causes, KafkaConfigError, explain
+
+    with Causes() as causes:
+        try:
+            return run()
+        except KafkaConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except (KafkaError, OSError, ssl.SSLError) as e:
+            print(f"error: {explain(e, bootstrap, causes=causes.lines)}", file=sys.stderr)
+            return 2
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="streamer", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -24,11 +44,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--kafka-port", type=int, default=9092)
     p.add_argument("--s3-port", type=int, default=5000)
+    p.add_argument("--secure", action="store_true",
+                   help="SASL_SSL listener (SCRAM/PLAIN users, a local CA) and ACLs for the worker principal")
+    p.add_argument("--brokers", type=int, default=1, help="KRaft nodes (3: replicated topics, failover)")
 
     p = sub.add_parser("topics", help="topic definitions")
     p.add_argument("action", choices=["apply", "list"])
     p.add_argument("--bootstrap-servers", default=None)
     p.add_argument("--prefix", default=None, help="topic name prefix (default STREAMER_TOPIC_PREFIX)")
+    p.add_argument("--profile", choices=["dev", "prod"], default=None,
+                   help="replication per environment: dev 1 replica, prod 3 replicas with min.insync.replicas 2")
+    p.add_argument("--replication-factor", type=int, default=None,
+                   help="replicas per partition (default STREAMER_TOPIC_REPLICATION_FACTOR, else 1)")
+    p.add_argument("--min-insync-replicas", type=int, default=None,
+                   help="min.insync.replicas of every topic (default STREAMER_TOPIC_MIN_INSYNC_REPLICAS,"
+                        " else replication factor - 1, at least 1)")
 
     p = sub.add_parser("schemas", help="write JSON Schemas to schemas/, or --check they are current")
     p.add_argument("--check", action="store_true")
@@ -48,13 +78,18 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     if args.cmd == "worker":
+        from streamer import preflight
+
+        # Kafka must accept this worker's credentials before Faust starts (see preflight.py).
+        if not preflight.run():
+            sys.exit(0)
         from streamer.app import run_worker
 
         run_worker(args.loglevel)
     elif args.cmd == "dev":
         from streamer.dev.local import dev_command
 
-        sys.exit(dev_command(args.action, args.kafka_port, args.s3_port))
+        sys.exit(dev_command(args.action, args.kafka_port, args.s3_port, args.secure, args.brokers))
     elif args.cmd == "topics":
         from streamer.config import Config
 
@@ -67,7 +102,9 @@ def main(argv: list[str] | None = None) -> None:
             return
         from streamer.topics_admin import run_apply
 
-        sys.exit(run_apply(_bootstrap(args), prefix))
+        bootstrap = _bootstrap(args)
+        sys.exit(_kafka_command(lambda: run_apply(bootstrap, prefix, args.replication_factor,
+                                                  args.min_insync_replicas, args.profile), bootstrap))
     elif args.cmd == "schemas":
         from streamer.schemas import write_or_check
 
@@ -83,4 +120,4 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from streamer.admin_cli import run_admin
 
-        sys.exit(run_admin(args))
+        sys.exit(_kafka_command(lambda: run_admin(args), _bootstrap(args)))

@@ -65,6 +65,9 @@ class Config:
     s3_endpoint_url: str | None = None
     shutdown_grace_s: float = 20.0
     session_timeout_s: float = 10.0
+    instance_id: str | None = None
+    topic_replication_factor: int = 1
+    topic_min_insync_replicas: int | None = None
     log_level: str = "info"
 
     @classmethod
@@ -102,6 +105,9 @@ class Config:
             s3_endpoint_url=_env("S3_ENDPOINT_URL", "") or None,
             shutdown_grace_s=float(_env("SHUTDOWN_GRACE_S", str(cls.shutdown_grace_s))),
             session_timeout_s=float(_env("SESSION_TIMEOUT_S", str(cls.session_timeout_s))),
+            instance_id=_env("INSTANCE_ID", "") or None,
+            topic_replication_factor=int(_env("TOPIC_REPLICATION_FACTOR", "1")),
+            topic_min_insync_replicas=int(_env("TOPIC_MIN_INSYNC_REPLICAS", "0")) or None,
             log_level=_env("LOG_LEVEL", cls.log_level),
         )
 

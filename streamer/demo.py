@@ -164,7 +164,9 @@ async def seed(bootstrap: str, s3_endpoint: str | None, receiver_url: str, bucke
             result = await admin.run(kind, timeout=90, **fields)
             print(f"settings {kind:22} {fields.get('workspace_id') or fields.get('partner_id'):18} -> "
                   f"{result['status']}{': ' + (result.get('reason') or result.get('warning') or '') if result['status'] != 'accepted' else ''}")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    from streamer.kafka_client import client_kwargs
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **client_kwargs())
     await producer.start()
     for f in files:
         body = orjson.loads(f.read_bytes())

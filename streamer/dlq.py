@@ -9,6 +9,8 @@ from typing import Any, AsyncIterator
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streamer.kafka_client import KafkaSecurity, client_kwargs
+
 
 @dataclass
 class DeadLetter:
@@ -48,20 +50,22 @@ def matches(d: DeadLetter, workspace_id: str | None = None, destination_id: str 
     return True
 
 
-async def read_dead_letters(bootstrap: str, topic: str, limit: int = 1_000_000, **filters) -> list[DeadLetter]:
+async def read_dead_letters(bootstrap: str, topic: str, limit: int = 1_000_000, security: KafkaSecurity | None = None,
+                            **filters) -> list[DeadLetter]:
     """Every matching dead letter present when called, in a list (for small reads: the CLI)."""
-    return [d async for d in iter_dead_letters(bootstrap, topic, limit, **filters)]
+    return [d async for d in iter_dead_letters(bootstrap, topic, limit, security, **filters)]
 
 
-async def iter_dead_letters(bootstrap: str, topic: str, limit: int = 1_000_000,
+async def iter_dead_letters(bootstrap: str, topic: str, limit: int = 1_000_000, security: KafkaSecurity | None = None,
                             **filters) -> AsyncIterator[DeadLetter]:
     """Every matching dead letter present when called (reads each partition to its end),
     one at a time: a replay of a million letters holds one fetch in memory, not all of them."""
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                         max_partition_fetch_bytes=64 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
-    await c.start()
+                         max_partition_fetch_bytes=64 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024,
+                         **client_kwargs(security))
     found = 0
     try:
+        await c.start()
         parts = [TopicPartition(topic, p) for p in (c.partitions_for_topic(topic) or await _partitions(c, topic))]
         c.assign(parts)
         ends = await c.end_offsets(parts)

@@ -33,3 +33,7 @@ consumer_lag = Gauge("streamer_consumer_lag", "Records behind the end of each as
                      ["topic", "partition"], registry=REGISTRY)
 gc_seconds = Counter("streamer_gc_seconds_total", "Time spent in Python's cyclic garbage collector",
                      ["generation"], registry=REGISTRY)
+group_assignments = Counter("streamer_group_assignments_total", "Partition assignments this worker received: one per "
+                            "consumer group rebalance it took part in", registry=REGISTRY)
+group_generation = Gauge("streamer_group_generation", "Consumer group generation of the last assignment",
+                         registry=REGISTRY)

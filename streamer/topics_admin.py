@@ -9,7 +9,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
-from topics import TOPICS, TopicSpec
+from streamer.kafka_client import KafkaSecurity, client_kwargs
+from topics import TOPICS, TopicSpec, for_environment
 
 
 @dataclass
@@ -49,11 +50,14 @@ async def _configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, di
     return out
 
 
-async def apply_topics(bootstrap_servers: str, prefix: str = "",
-                       specs: tuple[TopicSpec, ...] = TOPICS) -> ApplyReport:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=30000)
-    await admin.start()
+async def apply_topics(bootstrap_servers: str, prefix: str = "", specs: tuple[TopicSpec, ...] = TOPICS,
+                       security: KafkaSecurity | None = None, replication_factor: int | None = None,
+                       min_insync_replicas: int | None = None) -> ApplyReport:
+    specs = for_environment(specs, replication_factor, min_insync_replicas)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=30000,
+                                **client_kwargs(security))
     try:
+        await admin.start()
         wanted = {prefix + s.name: s for s in specs}
         existing = set(await admin.list_topics())
         missing = [n for n in wanted if n not in existing]
@@ -93,8 +97,17 @@ async def apply_topics(bootstrap_servers: str, prefix: str = "",
         await admin.close()
 
 
-def run_apply(bootstrap_servers: str, prefix: str = "") -> int:
-    report = asyncio.run(apply_topics(bootstrap_servers, prefix))
+def run_apply(bootstrap_servers: str, prefix: str = "", replication_factor: int | None = None,
+              min_insync_replicas: int | None = None, profile: str | None = None) -> int:
+    """Options win over the profile, the profile over STREAMER_TOPIC_REPLICATION_FACTOR /
+    STREAMER_TOPIC_MIN_INSYNC_REPLICAS."""
+    from streamer.config import Config
+    from topics import PROFILES
+
+    cfg = Config.from_env()
+    rf, isr = PROFILES[profile] if profile else (cfg.topic_replication_factor, cfg.topic_min_insync_replicas)
+    report = asyncio.run(apply_topics(bootstrap_servers, prefix, replication_factor=replication_factor or rf,
+                                      min_insync_replicas=min_insync_replicas or isr))
     for n in report.created:
         print(f"created   {n}")
     for n in report.unchanged:

@@ -14,13 +14,15 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streamer.dev.harness import ENCRYPTION_KEY, SIGNING_KEY, WorkerProcess, make_bucket, worker_env
+from streamer.kafka_client import client_kwargs
 
 __all__ = ["ENCRYPTION_KEY", "SIGNING_KEY", "WorkerProcess", "make_bucket", "worker_env"]
 
 
 async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]],
-                  headers: list | None = None) -> None:
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=60 * 1024 * 1024, linger_ms=5)
+                  headers: list | None = None, security=None) -> None:
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=60 * 1024 * 1024, linger_ms=5,
+                         **client_kwargs(security))
     await p.start()
     try:
         futs = [await p.send(topic, value=v, key=k, headers=headers) for k, v in records]
@@ -30,12 +32,12 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, 
 
 
 async def consume(bootstrap: str, topic: str, count: int, timeout: float = 30.0,
-                  predicate=None, stop=None) -> list:
+                  predicate=None, stop=None, security=None) -> list:
     """Read `topic` from the beginning until `count` records (matching predicate), or until
     `stop(records so far)` is true, or timeout."""
     c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                          group_id=None, enable_auto_commit=False, fetch_max_bytes=60 * 1024 * 1024,
-                         max_partition_fetch_bytes=60 * 1024 * 1024)
+                         max_partition_fetch_bytes=60 * 1024 * 1024, **client_kwargs(security))
     await c.start()
     out = []
     try:
@@ -59,12 +61,13 @@ def uid() -> str:
 
 # -- settings and destinations -------------------------------------------------------------------
 
-def admin_for(env: dict):
+def admin_for(env: dict, security=None):
     from streamer.admin import AdminClient
     from streamer.config import parse_keyring
 
     return AdminClient(env["STREAMER_BOOTSTRAP_SERVERS"], env["STREAMER_TOPIC_PREFIX"],
-                       parse_keyring(env["STREAMER_SIGNING_KEYS"]), parse_keyring(env["STREAMER_ENCRYPTION_KEYS"]))
+                       parse_keyring(env["STREAMER_SIGNING_KEYS"]), parse_keyring(env["STREAMER_ENCRYPTION_KEYS"]),
+                       security=security)
 
 
 def http_config(providers, provider: str, name: str, jobs: str = "status", user_activity: bool = True,

@@ -55,9 +55,15 @@ def _tool(name: str) -> str:
 
 
 def _setting_names() -> set[str]:
-    """Every STREAMER_* variable streamer/config.py reads."""
+    """Every STREAMER_* variable streamer/config.py and streamer/kafka_client.py read
+    (secrets there also have a _FILE variant)."""
     source = (ROOT / "streamer" / "config.py").read_text()
-    return {f"STREAMER_{n}" for n in re.findall(r'_(?:env|bool)\(\s*"([A-Z0-9_]+)"', source)}
+    names = {f"STREAMER_{n}" for n in re.findall(r'_(?:env|bool)\(\s*"([A-Z0-9_]+)"', source)}
+    kafka = (ROOT / "streamer" / "kafka_client.py").read_text()
+    names |= {f"STREAMER_{n}" for n in re.findall(r'_env\(\s*"([A-Z0-9_]+)"', kafka)}
+    for n in re.findall(r'_secret\(\s*"([A-Z0-9_]+)"', kafka):
+        names |= {f"STREAMER_{n}", f"STREAMER_{n}_FILE"}
+    return names
 
 
 # --------------------------------------------------------------------------- Kubernetes
@@ -79,7 +85,9 @@ _NAME_RULES = {"Service": (_DNS_1035, 63), "Namespace": (_DNS_LABEL, 63)}
 CRDS: dict[tuple[str, str], tuple[str, set[str]]] = {
     ("keda.sh", "ScaledObject"): ("scaledobject.keda.sh.yaml", {"v1alpha1"}),
     ("kafka.strimzi.io", "KafkaTopic"): ("kafkatopic.kafka.strimzi.io.yaml", {"v1", "v1beta2"}),
+    ("kafka.strimzi.io", "KafkaUser"): ("kafkauser.kafka.strimzi.io.yaml", {"v1"}),
     ("monitoring.coreos.com", "ServiceMonitor"): ("servicemonitor.monitoring.coreos.com.yaml", {"v1"}),
+    ("monitoring.coreos.com", "PrometheusRule"): ("prometheusrule.monitoring.coreos.com.yaml", {"v1"}),
 }
 _INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 _OBJECT_META = "/api/_definitions.json#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
@@ -202,7 +210,7 @@ def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 
 def pod_specs(objects: list[dict]) -> Iterator[tuple[dict, dict]]:
     for o in objects:
-        if o["kind"] in ("Deployment", "Job"):
+        if o["kind"] in ("StatefulSet", "Job"):
             yield o, o["spec"]["template"]["spec"]
 
 
@@ -222,7 +230,7 @@ def test_rendered_objects_are_valid(path, k8s_version):
 
 def _broken_cases() -> dict[str, Callable[[list[dict]], dict]]:
     def deployment(objs):
-        return one(objs, "Deployment", WORKER)
+        return one(objs, "StatefulSet", WORKER)
 
     def container(objs):
         return deployment(objs)["spec"]["template"]["spec"]["containers"][0]
@@ -305,12 +313,12 @@ def test_validator_rejects_broken_objects(case):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_exactly_one_autoscaler_owns_the_workers(overlay):
     objects = render(f"k8s/overlays/{overlay}")
-    deployment = one(objects, "Deployment", WORKER)
+    deployment = one(objects, "StatefulSet", WORKER)
     scalers = [o for o in objects if o["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")
                and o["spec"]["scaleTargetRef"]["name"] == WORKER]
     assert len(scalers) == 1, [s["kind"] for s in scalers]
     ref = scalers[0]["spec"]["scaleTargetRef"]
-    assert (ref.get("apiVersion", "apps/v1"), ref.get("kind", "Deployment")) == ("apps/v1", "Deployment")
+    assert (ref.get("apiVersion", "apps/v1"), ref.get("kind")) == ("apps/v1", "StatefulSet")
     # A replicas field would reset the autoscaler's choice on every apply.
     assert "replicas" not in deployment["spec"]
     spec = scalers[0]["spec"]
@@ -327,12 +335,16 @@ def test_overlays_use_keda_in_prod_and_hpa_in_dev():
     assert "ScaledObject" not in {o["kind"] for o in render("k8s/overlays/dev")}
 
 
-def test_keda_scales_on_the_lag_of_the_raw_topics_in_the_workers_group():
+def test_keda_scales_on_the_lag_of_the_raw_delivery_and_retry_topics_in_the_workers_group():
     objects = render("k8s/overlays/prod")
     config = one(objects, "ConfigMap")["data"]
     triggers = one(objects, "ScaledObject", WORKER)["spec"]["triggers"]
     assert {t["type"] for t in triggers} == {"kafka"}
-    assert sorted(t["metadata"]["topic"] for t in triggers) == sorted(RAW_TOPICS)
+    delivery = ("audit.deliveries.s3.v1", "audit.deliveries.http.v1", "audit.deliveries.retry.v1")
+    assert sorted(t["metadata"]["topic"] for t in triggers) == sorted(RAW_TOPICS + delivery)
+    partitions = {t.name: t.partitions for t in TOPICS}
+    spec = one(objects, "ScaledObject", WORKER)["spec"]
+    assert spec["maxReplicaCount"] <= min(partitions[t] for t in RAW_TOPICS + delivery)
     for t in triggers:
         assert t["metadata"]["consumerGroup"] == config["STREAMER_APP_ID"]
         assert t["metadata"]["bootstrapServers"] == config["STREAMER_BOOTSTRAP_SERVERS"]
@@ -359,18 +371,18 @@ def test_pods_are_hardened_and_write_only_to_empty_dirs(overlay):
             for kind in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(c["resources"][kind]), (owner["metadata"]["name"], kind)
             mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
-            wanted = ["/tmp"] + ([config["STREAMER_DATA_DIR"]] if owner["kind"] == "Deployment" else [])
+            wanted = ["/tmp"] + ([config["STREAMER_DATA_DIR"]] if owner["kind"] == "StatefulSet" else [])
             for path in wanted:
                 assert path in mounts, f"{c['name']}: nothing writable at {path}"
                 assert "emptyDir" in volumes[mounts[path]]
-    assert seen == {"Deployment", "Job"}
+    assert seen == {"StatefulSet", "Job"}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_worker_probes_and_web_port(overlay):
     objects = render(f"k8s/overlays/{overlay}")
     config = one(objects, "ConfigMap")["data"]
-    pod = one(objects, "Deployment", WORKER)["spec"]["template"]["spec"]
+    pod = one(objects, "StatefulSet", WORKER)["spec"]["template"]["spec"]
     (worker,) = pod["containers"]
     assert worker["args"] == ["worker"]
     ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
@@ -386,7 +398,7 @@ def test_worker_probes_and_web_port(overlay):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_service_monitor_pdb_and_network_policy_select_the_workers(overlay):
     objects = render(f"k8s/overlays/{overlay}")
-    deployment = one(objects, "Deployment", WORKER)
+    deployment = one(objects, "StatefulSet", WORKER)
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert selects(deployment["spec"]["selector"]["matchLabels"], pod_labels)
     job_labels = one(objects, "Job")["spec"]["template"]["metadata"]["labels"]
@@ -469,7 +481,7 @@ def test_topics_job_applies_the_topics():
         (c,) = job["spec"]["template"]["spec"]["containers"]
         assert c["args"][:2] == ["topics", "apply"]
         assert job["spec"]["template"]["spec"]["restartPolicy"] in ("Never", "OnFailure")
-        assert c["image"] == one(objects, "Deployment", WORKER)["spec"]["template"]["spec"]["containers"][0]["image"]
+        assert c["image"] == one(objects, "StatefulSet", WORKER)["spec"]["template"]["spec"]["containers"][0]["image"]
 
 
 # ------------------------------------------------------------------------ Strimzi topics
@@ -491,14 +503,44 @@ def test_strimzi_topics_file_is_current():
 
 
 def test_strimzi_topics_match_the_topic_definitions():
-    docs = render("k8s/strimzi")
+    """Strimzi is production: the prod profile's replication, so `topics apply --profile prod`
+    finds no drift on the topics the Topic Operator made."""
+    from topics import PROFILES, for_environment
+
+    docs = [d for d in render("k8s/strimzi") if d["kind"] == "KafkaTopic"]
     by_name = {d["spec"]["topicName"]: d for d in docs}
     assert set(by_name) == {t.name for t in TOPICS}
-    for t in TOPICS:
+    for t in for_environment(TOPICS, *PROFILES["prod"]):
         d = by_name[t.name]
         assert d["metadata"]["labels"]["strimzi.io/cluster"]
         assert (d["spec"]["partitions"], d["spec"]["replicas"]) == (t.partitions, t.replication_factor)
         assert d["spec"]["config"] == t.configs
+
+
+def _strimzi_acls(user: dict) -> set:
+    from streamer.acls import Acl
+
+    out = set()
+    for rule in user["spec"]["authorization"]["acls"]:
+        assert rule.get("type", "allow") == "allow" and rule.get("host", "*") == "*"
+        res = rule["resource"]
+        assert res.get("patternType", "literal") == "literal"
+        for op in rule["operations"]:
+            out.add(Acl(res["type"], res.get("name", "kafka-cluster"), op))
+    return out
+
+
+def test_strimzi_users_have_exactly_streamers_least_privilege():
+    """The KafkaUsers grant what streamer/acls.py grants in the SASL_SSL tests: no more (least
+    privilege) and no less (a worker missing one would fail in production only)."""
+    from streamer.acls import admin_acls, worker_acls
+
+    users = {d["metadata"]["name"]: d for d in render("k8s/strimzi") if d["kind"] == "KafkaUser"}
+    assert _strimzi_acls(users["streamer-worker"]) == set(worker_acls("", "streamer"))
+    assert _strimzi_acls(users["streamer-admin"]) == set(admin_acls(""))
+    assert {u["spec"]["authentication"]["type"] for u in users.values()} == {"scram-sha-512"}
+    base = one(render("k8s/overlays/prod"), "ConfigMap", None)
+    assert base["data"]["STREAMER_APP_ID"] == "streamer" and base["data"]["STREAMER_TOPIC_PREFIX"] == ""
 
 
 def test_gen_script_check_reports_a_stale_file(tmp_path, capsys):

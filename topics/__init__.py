@@ -10,7 +10,7 @@ and a delivery record carries the message plus a small envelope.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 DAY_MS = 24 * 3600 * 1000
 BIG_RECORD = str(50 * 1024 * 1024)
@@ -66,3 +66,23 @@ TOPICS: tuple[TopicSpec, ...] = (
 )
 
 BY_NAME = {t.name: t for t in TOPICS}
+
+
+# Replication per environment: (replication factor, min.insync.replicas). `streamer topics
+# apply --profile prod` and the Strimzi KafkaTopics (scripts/gen_k8s_topics.py) use prod.
+PROFILES = {"dev": (1, 1), "prod": (3, 2)}
+
+
+def for_environment(specs: tuple[TopicSpec, ...], replication_factor: int | None = None,
+                    min_insync_replicas: int | None = None) -> tuple[TopicSpec, ...]:
+    """The topic definitions with this environment's replication: a laptop has one broker,
+    production three or more. min.insync.replicas defaults to one less than the replication
+    factor (2 of 3): with acks=all an acknowledged write is on two brokers and survives the
+    loss of one, and one broker may be down (a rolling restart) without stopping producers."""
+    if replication_factor is None:
+        return specs
+    isr = min_insync_replicas or max(1, replication_factor - 1)
+    if not 1 <= isr <= replication_factor:
+        raise ValueError(f"min.insync.replicas {isr} must be between 1 and the replication factor {replication_factor}")
+    return tuple(replace(s, replication_factor=replication_factor,
+                         configs={**s.configs, "min.insync.replicas": str(isr)}) for s in specs)

@@ -41,6 +41,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 import topics as T
 from streamer.benchmark import workload
 from streamer.benchmark.procstat import cpu_seconds, status_kb
+from streamer.kafka_client import client_kwargs
 from streamer.benchmark.receiver import Receiver
 from streamer.config import parse_keyring
 from streamer.dev.local import Kafka, MotoS3, free_port
@@ -147,7 +148,7 @@ def _worker_env(env: dict[str, str], opts: Options) -> dict[str, str]:
 async def _topics(bootstrap: str, prefix: str) -> None:
     report = await apply_topics(bootstrap, prefix)
     assert report.ok, report.drift
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_kwargs())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(prefix + "bench.passthrough", 6, 1,
@@ -157,7 +158,7 @@ async def _topics(bootstrap: str, prefix: str) -> None:
 
 
 def _producer(bootstrap: str, **kw) -> AIOKafkaProducer:
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=BIG, **kw)
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=BIG, **client_kwargs(), **kw)
 
 
 async def _produce(bootstrap: str, topic: str, rows: list[tuple[bytes, bytes]]) -> None:
@@ -190,7 +191,8 @@ async def _passthrough(bootstrap: str, prefix: str, n: int, timeout: float = 300
     """Consume the raw topics and produce every record as it is to one output topic."""
     consumer = AIOKafkaConsumer(*(prefix + t for t in T.RAW_TOPICS), bootstrap_servers=bootstrap,
                                 group_id=f"passthrough-{prefix}", auto_offset_reset="earliest",
-                                enable_auto_commit=False, max_partition_fetch_bytes=BIG, fetch_max_bytes=BIG)
+                                enable_auto_commit=False, max_partition_fetch_bytes=BIG, fetch_max_bytes=BIG,
+                                **client_kwargs())
     producer = _producer(bootstrap, linger_ms=5, acks="all")
     out_topic = prefix + "bench.passthrough"
     await consumer.start()

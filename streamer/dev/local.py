@@ -108,6 +108,15 @@ class Service:
         raise ServiceError(f"{self.name} did not become ready on 127.0.0.1:{self.port} within "
                            f"{timeout:.0f}s; last lines of {self.log_file}:\n{_tail(self.log_file)}")
 
+    def kill(self) -> None:
+        """SIGKILL, no shutdown: a crashed machine, for failover tests."""
+        pid = self.pid()
+        if pid is not None:
+            os.killpg(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+
     def stop(self, timeout: float = 20.0) -> bool:
         pid = self.pid()
         if pid is None:
@@ -151,32 +160,156 @@ def kafka_libs(version: str = KAFKA_VERSION) -> Path:
     return libs
 
 
+DEV_ADMIN = "admin"  # super user of the secure dev broker (topics apply, settings CLI, ACLs)
+DEV_WORKER = "streamer"  # the worker principal: only the ACLs in streamer/acls.py
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    res = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise ServiceError(f"openssl {args[0]} failed:\n{res.stderr[-2000:]}")
+
+
+def make_ca(folder: Path, name: str = "ca") -> Path:
+    """A throwaway certificate authority (`<name>.pem`, `<name>.key`) for local brokers and tests."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / f"{name}.pem").exists():
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem",
+                 "-days", "30", "-subj", f"/CN=streamer dev {name}", "-addext", "basicConstraints=critical,CA:TRUE",
+                 "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=folder)
+    return folder / f"{name}.pem"
+
+
+class DevSecurity:
+    """What a local SASL_SSL broker needs: a CA and a broker certificate for 127.0.0.1 and
+    localhost (made with openssl at first start), and SCRAM passwords for the admin and
+    worker users (random, kept in users.json, created in the metadata at format time)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.ca = folder / "ca.pem"
+        self.keystore = folder / "broker-keystore.pem"  # key + certificate, Kafka's PEM keystore
+
+    def ensure(self) -> None:
+        import json
+        import secrets
+
+        make_ca(self.folder)
+        if not self.keystore.exists():
+            _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "broker.key", "-out", "broker.csr",
+                     "-subj", "/CN=localhost", cwd=self.folder)
+            (self.folder / "broker.ext").write_text(
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
+            _openssl("x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-set_serial",
+                     str(secrets.randbits(63)), "-days", "30", "-out", "broker.crt", "-extfile", "broker.ext",
+                     cwd=self.folder)
+            self.keystore.write_text((self.folder / "broker.key").read_text() + (self.folder / "broker.crt").read_text())
+        users = self.folder / "users.json"
+        if not users.exists():
+            users.write_text(json.dumps({u: secrets.token_urlsafe(18) for u in (DEV_ADMIN, DEV_WORKER)}))
+            users.chmod(0o600)
+
+    def password(self, user: str) -> str:
+        import json
+
+        return json.loads((self.folder / "users.json").read_text())[user]
+
+    def client_env(self, user: str, mechanism: str = "SCRAM-SHA-512") -> dict[str, str]:
+        """The STREAMER_* settings a client needs to connect as `user`."""
+        return {"STREAMER_SECURITY_PROTOCOL": "SASL_SSL", "STREAMER_SASL_MECHANISM": mechanism,
+                "STREAMER_SASL_USERNAME": user, "STREAMER_SASL_PASSWORD": self.password(user),
+                "STREAMER_SSL_CAFILE": str(self.ca)}
+
+    def client(self, user: str, mechanism: str = "SCRAM-SHA-512"):
+        from streamer.kafka_client import KafkaSecurity
+
+        return KafkaSecurity.from_env(self.client_env(user, mechanism))
+
+    def format_args(self) -> list[str]:
+        out = []
+        for mech in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+            for user in (DEV_ADMIN, DEV_WORKER):
+                out += ["--add-scram", f"{mech}=[name={user},password={self.password(user)}]"]
+        return out
+
+    def properties(self, port: int) -> list[str]:
+        admin = self.password(DEV_ADMIN)
+        scram = ("org.apache.kafka.common.security.scram.ScramLoginModule required "
+                 f'username="{DEV_ADMIN}" password="{admin}";')
+        plain_users = " ".join(f'user_{u}="{self.password(u)}"' for u in (DEV_ADMIN, DEV_WORKER))
+        return [
+            f"listeners=SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{{controller_port}}",
+            f"advertised.listeners=SASL_SSL://127.0.0.1:{port}",
+            # The controller listener stays plaintext on loopback (brokers are its only
+            # clients; SCRAM cannot authenticate controllers); production clusters secure it.
+            "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name=SASL_SSL",
+            "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+            "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+            f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}",
+            f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}",
+            "listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule"
+            f' required username="{DEV_ADMIN}" password="{admin}" {plain_users};',
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={self.keystore}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={self.ca}",
+            "ssl.endpoint.identification.algorithm=https",
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            # ANONYMOUS is the broker itself on the loopback controller listener.
+            f"super.users=User:{DEV_ADMIN};User:ANONYMOUS",
+            "allow.everyone.if.no.acl.found=false",
+        ]
+
+
 class Kafka(Service):
-    def __init__(self, state_dir: Path, port: int = 9092, version: str = KAFKA_VERSION):
-        super().__init__("kafka", state_dir, port)
+    """One KRaft node (broker and controller in one JVM). Alone it is a single-node cluster;
+    `KafkaCluster` runs several that vote together."""
+
+    def __init__(self, state_dir: Path, port: int = 9092, version: str = KAFKA_VERSION, secure: bool = False,
+                 node_id: int = 1, name: str = "kafka"):
+        super().__init__(name, state_dir, port)
         self.version = version
+        self.node_id = node_id
+        self.secure = DevSecurity(state_dir / "tls") if secure else None
+        self.voters: str | None = None  # set by KafkaCluster
+        self.replication = 1
+        self.cluster_id: str | None = None
+        self.controller_port: int | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def admin_security(self):
+        """How the harness itself connects (as the super user when secure)."""
+        return self.secure.client(DEV_ADMIN) if self.secure else None
+
     def _properties(self, controller_port: int) -> Path:
         data = self.state_dir / "data"
         props = self.state_dir / "server.properties"
+        rf = self.replication
+        if self.secure:
+            listeners = [line.replace("{controller_port}", str(controller_port))
+                         for line in self.secure.properties(self.port)]
+        else:
+            listeners = [
+                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            ]
         props.write_text("\n".join([
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            f"node.id={self.node_id}",
+            f"controller.quorum.voters={self.voters or f'{self.node_id}@127.0.0.1:{controller_port}'}",
+            *listeners,
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             f"log.dirs={data}",
-            "offsets.topic.replication.factor=1",
+            f"offsets.topic.replication.factor={rf}",
             "offsets.topic.num.partitions=10",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
+            f"transaction.state.log.replication.factor={rf}",
+            f"transaction.state.log.min.isr={min(rf, 2)}",
+            f"share.coordinator.state.topic.replication.factor={rf}",
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=false",
             "num.partitions=1",
@@ -187,24 +320,27 @@ class Kafka(Service):
         ]) + "\n")
         return props
 
-    def start(self, timeout: float = 90.0) -> None:
+    def spawn(self) -> subprocess.Popen | None:
+        """Format (first time) and start the JVM; `None` if it is already running."""
         if self.pid() is not None:
-            print(f"kafka already running (pid {self.pid()}) on {self.bootstrap}")
-            return
+            print(f"{self.name} already running (pid {self.pid()}) on {self.bootstrap}")
+            return None
         if _port_open(self.port):
             raise ServiceError(f"port {self.port} is taken by another process")
         libs = kafka_libs(self.version)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        controller_port = free_port()
+        if self.secure:
+            self.secure.ensure()
+        controller_port = self.controller_port or free_port()
         props = self._properties(controller_port)
         cp = f"{libs}/*"
         java = shutil.which("java") or "java"
         if not (self.state_dir / "data" / "meta.properties").exists():
-            cluster_id = uuid.uuid4().bytes
             import base64
-            cid = base64.urlsafe_b64encode(cluster_id).decode().rstrip("=")
+            cid = self.cluster_id or base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            extra = self.secure.format_args() if self.secure else []
             res = subprocess.run([java, "-cp", cp, "kafka.tools.StorageTool", "format", f"--cluster-id={cid}",
-                                  "-c", str(props)], capture_output=True, text=True)
+                                  "-c", str(props), *extra], capture_output=True, text=True)
             if res.returncode != 0:
                 raise ServiceError(f"formatting KRaft storage failed:\n{res.stdout}{res.stderr}")
         with resources.as_file(resources.files("streamer.dev") / "log4j2.properties") as log_cfg:
@@ -212,28 +348,90 @@ class Kafka(Service):
         heap = os.environ.get("STREAMER_KAFKA_HEAP", "768m")
         argv = [java, f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", "-XX:TieredStopAtLevel=1",
                 f"-Dlog4j2.configurationFile={log4j}", "-cp", cp, "kafka.Kafka", str(props)]
-        proc = self._spawn(argv)
-        self._wait(proc, self._answers_metadata, timeout)
+        return self._spawn(argv)
 
-    def _answers_metadata(self) -> bool:
+    def start(self, timeout: float = 90.0) -> None:
+        proc = self.spawn()
+        if proc is not None:
+            self._wait(proc, self._answers_metadata, timeout)
+
+    def _answers_metadata(self, brokers: int = 1) -> bool:
         if not _port_open(self.port):
             return False
         import asyncio
 
         from aiokafka.admin import AIOKafkaAdminClient
 
+        from streamer.kafka_client import client_kwargs
+
         async def probe() -> bool:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000)
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000,
+                                        **client_kwargs(self.admin_security() or _plaintext()))
             try:
                 await admin.start()
                 await admin.list_topics()
-                return True
+                return len((await admin.describe_cluster())["brokers"]) >= brokers
             except Exception:
                 return False
             finally:
                 await admin.close()
 
         return asyncio.run(probe())
+
+
+def _plaintext():
+    from streamer.kafka_client import KafkaSecurity
+
+    return KafkaSecurity()
+
+
+class KafkaCluster:
+    """`brokers` KRaft nodes on consecutive ports, each a broker and a controller voter, so a
+    leader can be killed and the quorum and the topics (replication factor up to `brokers`)
+    survive it. Internal topics (offsets, transactions) are replicated on all of them."""
+
+    def __init__(self, state_dir: Path, port: int = 9092, brokers: int = 3, version: str = KAFKA_VERSION,
+                 ports: list[int] | None = None):
+        self.state_dir = state_dir
+        ports = ports or [port + i for i in range(brokers)]
+        self.nodes = [Kafka(state_dir / f"node{i + 1}", p, version, node_id=i + 1, name=f"kafka{i + 1}")
+                      for i, p in enumerate(ports)]
+        controllers = self._controller_ports(len(ports))
+        voters = ",".join(f"{n.node_id}@127.0.0.1:{c}" for n, c in zip(self.nodes, controllers))
+        import base64
+        cid_file = state_dir / "cluster.id"
+        state_dir.mkdir(parents=True, exist_ok=True)
+        if not cid_file.exists():
+            cid_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        for n, c in zip(self.nodes, controllers):
+            n.voters, n.controller_port, n.replication = voters, c, min(3, len(ports))
+            n.cluster_id = cid_file.read_text()
+
+    def _controller_ports(self, n: int) -> list[int]:
+        """Fixed per cluster folder, since they are part of the formatted quorum."""
+        f = self.state_dir / "controller.ports"
+        if f.exists():
+            return [int(x) for x in f.read_text().split(",")]
+        ports = [free_port() for _ in range(n)]
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        f.write_text(",".join(map(str, ports)))
+        return ports
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    def start(self, timeout: float = 120.0) -> None:
+        procs = [(n, n.spawn()) for n in self.nodes]  # together: a quorum needs a majority up
+        for n, proc in procs:
+            if proc is not None:
+                n._wait(proc, lambda n=n: n._answers_metadata(len(self.nodes)), timeout)
+
+    def stop(self) -> bool:
+        return any([n.stop() for n in self.nodes])
+
+    def node(self, node_id: int) -> Kafka:
+        return self.nodes[node_id - 1]
 
 
 class MotoS3(Service):
@@ -268,9 +466,12 @@ def state_dir() -> Path:
     return Path(os.environ.get("STREAMER_DEV_DIR", Path.cwd() / ".local" / "dev"))
 
 
-def services(kafka_port: int, s3_port: int, root: Path | None = None) -> tuple[Kafka, MotoS3]:
+def services(kafka_port: int, s3_port: int, root: Path | None = None, secure: bool = False,
+             brokers: int = 1) -> tuple[Kafka | KafkaCluster, MotoS3]:
     root = root or state_dir()
-    return Kafka(root / "kafka", kafka_port), MotoS3(root / "s3", s3_port)
+    if brokers > 1:
+        return KafkaCluster(root / "kafka-cluster", kafka_port, brokers), MotoS3(root / "s3", s3_port)
+    return Kafka(root / ("kafka-secure" if secure else "kafka"), kafka_port, secure=secure), MotoS3(root / "s3", s3_port)
 
 
 def _saved_port(svc: Service, default: int) -> int:
@@ -280,30 +481,70 @@ def _saved_port(svc: Service, default: int) -> int:
         return default
 
 
-def up(kafka: Kafka, s3: MotoS3) -> int:
+def secure_setup(kafka: Kafka) -> list[str]:
+    """Grant the worker principal its ACLs (for STREAMER_TOPIC_PREFIX and STREAMER_APP_ID) and
+    write one env file per user; returns lines to print."""
+    import asyncio
+
+    from streamer import acls
+    from streamer.config import Config
+
+    cfg = Config.from_env()
+    asyncio.run(acls.grant(kafka.bootstrap, f"User:{DEV_WORKER}", acls.worker_acls(cfg.topic_prefix, cfg.app_id),
+                           kafka.admin_security()))
+    lines = []
+    for user in (DEV_ADMIN, DEV_WORKER):
+        env = {"STREAMER_BOOTSTRAP_SERVERS": kafka.bootstrap, **kafka.secure.client_env(user)}
+        path = kafka.state_dir / f"{user}.env"
+        path.write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
+        path.chmod(0o600)
+        lines.append(f"{user:8} principal User:{user}: source {path}")
+    lines.append(f"worker ACLs granted for topic prefix {cfg.topic_prefix!r} and group {cfg.app_id!r}"
+                 " (docs/deploy.md lists them)")
+    return lines
+
+
+def up(kafka: Kafka | KafkaCluster, s3: MotoS3) -> int:
     """Start both (or find them running) and say where they listen; 1 with the reason if not."""
     try:
         kafka.start()
         s3.start()
+        extra = secure_setup(kafka) if isinstance(kafka, Kafka) and kafka.secure else []
     except ServiceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"kafka listening on {kafka.bootstrap} (log {kafka.log_file})")
+    logs = [n.log_file for n in kafka.nodes] if isinstance(kafka, KafkaCluster) else [kafka.log_file]
+    print(f"kafka listening on {kafka.bootstrap} (log {', '.join(map(str, logs))})")
     print(f"s3    listening on {s3.endpoint} (log {s3.log_file})")
+    for line in extra:
+        print(line)
     return 0
 
 
-def dev_command(action: str, kafka_port: int, s3_port: int) -> int:
-    kafka, s3 = services(kafka_port, s3_port)
+def dev_command(action: str, kafka_port: int, s3_port: int, secure: bool = False, brokers: int = 1) -> int:
+    if secure and brokers > 1:
+        print("error: --secure runs a single broker; use one of --secure and --brokers", file=sys.stderr)
+        return 2
+    kafka, s3 = services(kafka_port, s3_port, secure=secure, brokers=brokers)
     if action == "up":
         return up(kafka, s3)
+    # down and status cover whichever variant was started (plain, --secure, --brokers N).
+    root = state_dir()
+    nodes = [Kafka(root / "kafka", kafka_port)]
+    if (root / "kafka-secure").exists():
+        nodes.append(Kafka(root / "kafka-secure", kafka_port))
+    if (root / "kafka-cluster").exists():
+        nodes += [Kafka(d, kafka_port, name=f"kafka{d.name[4:]}")
+                  for d in sorted((root / "kafka-cluster").glob("node*"))]
+    if action == "status":
+        nodes = [n for n in nodes if n.pid() is not None] or nodes[:1]
     if action == "down":
-        for svc in (s3, kafka):
+        for svc in (s3, *nodes):
             print(f"{svc.name}: {'stopped' if svc.stop() else 'was not running'}")
         return 0
     if action == "status":
         running = True
-        for svc, default in ((kafka, kafka_port), (s3, s3_port)):
+        for svc, default in [*((n, n.port) for n in nodes), (s3, s3_port)]:
             pid = svc.pid()
             port = _saved_port(svc, default)
             running &= pid is not None

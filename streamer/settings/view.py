@@ -16,13 +16,14 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streamer.kafka_client import KafkaSecurity, client_kwargs
 from streamer.settings.state import SettingsState
 
 log = logging.getLogger(__name__)
 
 
 class SettingsView:
-    def __init__(self, bootstrap_servers: str, topic: str):
+    def __init__(self, bootstrap_servers: str, topic: str, security: KafkaSecurity | None = None):
         self.state = SettingsState()
         self.ready = asyncio.Event()
         self.position = 0  # next offset to read
@@ -30,6 +31,7 @@ class SettingsView:
         self.recovery_seconds: float | None = None
         self.last_fetch: float | None = None  # monotonic time of the last good fetch: broker reachable
         self._bootstrap = bootstrap_servers
+        self._security = security  # None: this process's STREAMER_SECURITY_* settings
         self._tp = TopicPartition(topic, 0)
         self._consumer: AIOKafkaConsumer | None = None
         self._advanced = asyncio.Condition()
@@ -38,7 +40,8 @@ class SettingsView:
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None,
                                           enable_auto_commit=False, fetch_max_wait_ms=50,
-                                          max_partition_fetch_bytes=8 * 1024 * 1024)
+                                          max_partition_fetch_bytes=8 * 1024 * 1024,
+                                          **client_kwargs(self._security))
         await self._consumer.start()
         self._consumer.assign([self._tp])
         # An explicit offset: seek_to_beginning is lazy, and position() right after it
