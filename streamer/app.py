@@ -241,7 +241,8 @@ engine_cfg = EngineConfig(
 
 
 engines = {
-    "s3": DeliveryEngine("s3", S3Sink(cfg.encryption_keys, cfg.s3_endpoint_url, 16, cfg.http_timeout_s),
+    "s3": DeliveryEngine("s3", S3Sink(cfg.encryption_keys, cfg.s3_endpoint_url, cfg.s3_destination_concurrency,
+                                        cfg.http_timeout_s),
                          produce_all, engine_cfg),
     "http": DeliveryEngine("http", HttpSink(cfg.encryption_keys, cfg.allow_private_destinations,
                                             cfg.destination_concurrency, cfg.http_timeout_s),

@@ -58,6 +58,7 @@ class Config:
     batches_in_flight: int = 2
     gc_gen0_threshold: int = 50_000
     s3_endpoint_url: str | None = None
+    s3_destination_concurrency: int = 32  # most concurrent PUTs per S3 destination (adaptive below it)
     shutdown_grace_s: float = 20.0
     session_timeout_s: float = 10.0
     log_level: str = "info"
@@ -90,6 +91,7 @@ class Config:
             batches_in_flight=max(1, int(_env("BATCHES_IN_FLIGHT", str(cls.batches_in_flight)))),
             gc_gen0_threshold=int(_env("GC_GEN0_THRESHOLD", str(cls.gc_gen0_threshold))),
             s3_endpoint_url=_env("S3_ENDPOINT_URL", "") or None,
+            s3_destination_concurrency=max(1, int(_env("S3_DESTINATION_CONCURRENCY", str(cls.s3_destination_concurrency)))),
             shutdown_grace_s=float(_env("SHUTDOWN_GRACE_S", str(cls.shutdown_grace_s))),
             session_timeout_s=float(_env("SESSION_TIMEOUT_S", str(cls.session_timeout_s))),
             log_level=_env("LOG_LEVEL", cls.log_level),
