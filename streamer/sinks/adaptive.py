@@ -4,7 +4,8 @@ A fixed cap is either too low for a healthy destination that a whole partner str
 (its requests queue behind each other while the store could take many more) or too high
 for a struggling one (it gets hammered). This one grows by one request per window of
 successes and halves when the destination signals overload (5xx, SlowDown, 429,
-timeouts, connection errors), like TCP congestion control. Each destination has its own,
+timeouts, connection errors, answers slower than the sink tolerates, requests still
+waiting when the engine's deadline cancels them), like TCP congestion control. Each destination has its own,
 so one tenant's slow store never takes another's share.
 
 `Aimd` is the arithmetic alone (no asyncio, unit-tested); `AdaptiveLimit` is the gate.
@@ -76,10 +77,13 @@ class AdaptiveLimit:
         return self.aimd.epoch
 
     def release(self, epoch: int, *, ok: bool, overload: bool) -> None:
-        if ok:
-            self.aimd.success()
-        elif overload:
+        """`overload` (a retryable error, a timeout, a slow answer) shrinks the cap even
+        when the request succeeded; a plain success grows it; a permanent error (a wrong
+        bucket or key) says nothing about load and leaves it."""
+        if overload:
             self.aimd.overload(epoch)
+        elif ok:
+            self.aimd.success()
         self._release_slot()
 
     def _release_slot(self) -> None:

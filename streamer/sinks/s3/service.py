@@ -38,7 +38,7 @@ from yarl import URL
 from streamer.settings.secrets import decrypt
 from streamer.sinks.adaptive import AdaptiveLimit
 from streamer.sinks.base import Delivery, Outcome
-from streamer.sinks.s3.request import (FATAL_CODES, classify, connection_failure, object_base_url, object_url,
+from streamer.sinks.s3.request import (BIG_BODY, FATAL_CODES, classify, connection_failure, object_base_url, object_url,
                                        signed_headers_async, unexpected_failure)
 
 __all__ = ["S3Sink", "FATAL_CODES"]
@@ -49,6 +49,7 @@ class S3Sink:
     POOL_LIMIT = 256  # connections open at once, all destinations together
     INITIAL_CONCURRENCY = 8  # a destination's cap before it has shown how much it takes
     NO_CREDENTIALS_RECHECK_S = 30.0
+    SLOW_S = 1.0  # a PUT of a small object answered later than this counts as overload
 
     def __init__(self, encryption_keys: dict[str, bytes], default_endpoint: str | None, concurrency: int,
                  timeout_s: float, *, default_credentials: Any = None) -> None:
@@ -64,6 +65,7 @@ class S3Sink:
         self._default_checked_at = 0.0
         self._default_lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
+        self._slots = asyncio.Semaphore(self.POOL_LIMIT)  # PUTs in flight, all destinations together
         self._targets: OrderedDict[bytes, _Target] = OrderedDict()
 
     def _shared_session(self) -> aiohttp.ClientSession:
@@ -136,24 +138,32 @@ class S3Sink:
         return outcomes
 
     async def _put(self, session: aiohttp.ClientSession, target: "_Target", d: Delivery) -> Outcome:
+        """One PUT under the destination's cap and the sink-wide cap. The sink-wide slot is
+        taken before signing, so a request never waits for a pooled connection after it was
+        signed (and, when the engine's deadline cancels the group, was signed for nothing)."""
         gate = target.limit
         epoch = await gate.acquire()
         ok = overload = False
         try:
-            credentials = await self._credentials(target)
-            url = object_url(target.base_url, d.object_key)
-            headers = await signed_headers_async(url, d.message, credentials, target.region)
-            # encoded=True: send the path exactly as signed, not re-quoted by yarl.
-            async with session.put(URL(url, encoded=True), data=d.message, headers=headers,
-                                   allow_redirects=False) as resp:
-                outcome = classify(resp.status, await resp.read())
+            async with self._slots:
+                started = time.monotonic()
+                credentials = await self._credentials(target)
+                url = object_url(target.base_url, d.object_key)
+                headers = await signed_headers_async(url, d.message, credentials, target.region)
+                # encoded=True: send the path exactly as signed, not re-quoted by yarl.
+                async with session.put(URL(url, encoded=True), data=d.message, headers=headers,
+                                       allow_redirects=False) as resp:
+                    outcome = classify(resp.status, await resp.read())
+                slow = time.monotonic() - started > self.SLOW_S and len(d.message) < BIG_BODY
             ok = outcome.ok
-            overload = outcome.retryable
+            # A retryable error or a slow answer: the store is busy, send less at once.
+            overload = outcome.retryable or slow
             return outcome
         except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as e:
             overload = True
             return connection_failure(e)
         except asyncio.CancelledError:
+            overload = True  # the engine's deadline passed with this PUT still waiting or in flight
             raise
         except Exception as e:  # e.g. no credentials found: retry, never drop
             return unexpected_failure(e)
