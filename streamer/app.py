@@ -353,5 +353,12 @@ def run_worker(loglevel: str | None = None) -> None:
             timer.start()
             super()._on_sigterm()
 
+        def on_setup_root_logger(self, logger, level) -> None:
+            """No terminal spinner. At log level warning or above Faust adds one, and to
+            spin it on every record it sets the root logger to DEBUG: every debug call of
+            every library (botocore logs one per signature, aiokafka per request) then
+            builds a LogRecord, and the spinner writes escape codes into the JSON log."""
+            self.spinner = None
+
     GracefulWorker(app, loglevel=loglevel or cfg.log_level, logging_config=logging_config(loglevel or cfg.log_level),
            redirect_stdouts=False).execute_from_commandline()
