@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the workers, e.g. STREAMER_BATCH_MAX=1000 (repeatable)")
     parser.add_argument("--profile-worker", action="store_true",
-                        help="run the REST worker under cProfile and print where its time goes")
+                        help="run the REST and S3 workers under cProfile and print where their time goes")
     args = parser.parse_args(argv)
     opts = Options.from_args(args)
     result = run_pipeline(opts)
