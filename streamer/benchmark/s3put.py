@@ -1,0 +1,115 @@
+"""Client CPU per S3 object: aiobotocore's `put_object` (what the S3 sink used to call) against
+the sink's signed aiohttp PUT, into the same moto server, in this process.
+
+The pipeline's S3 figure is the whole worker (Kafka, Faust, the engine) and is bounded by
+moto's own speed on the same cores; this one is only the client side of one PUT, measured
+with `time.process_time()` (moto runs in its own process, so its CPU is not counted).
+Each pass is preceded by a warm-up pass that builds clients and resolves URLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def run_s3put(objects: int, destinations: int, repeats: int, size: int) -> dict[str, Any]:
+    from streamer.dev.local import MotoS3, free_port
+
+    with tempfile.TemporaryDirectory(prefix="streamer-s3put-") as tmp:
+        moto = MotoS3(Path(tmp) / "s3", free_port())
+        moto.start()
+        try:
+            return asyncio.run(_main(moto.endpoint, objects, destinations, repeats, size))
+        finally:
+            moto.stop()
+
+
+async def _main(endpoint: str, objects: int, destinations: int, repeats: int, size: int) -> dict[str, Any]:
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import get_session
+
+    from streamer.dev.harness import make_bucket
+    from streamer.settings.secrets import encrypt
+    from streamer.sinks.base import Delivery
+    from streamer.sinks.s3.service import S3Sink
+
+    keys = {"bench": os.urandom(32)}
+    bucket = f"s3put-{uuid.uuid4().hex[:8]}"
+    await make_bucket(endpoint, bucket)
+    dests = [{"type": "s3", "bucket": bucket, "endpoint_url": endpoint, "prefix": f"d{i}",
+              "access_key_id": "testing", "secret_access_key": {"enc": encrypt("testing", keys)}}
+             for i in range(destinations)]
+    body = b'{"pad": "' + b"x" * max(0, size - 11) + b'"}'
+
+    def batch(n: int, tag: str) -> list[tuple[int, list[Delivery]]]:
+        per: dict[int, list[Delivery]] = {}
+        for i in range(n):
+            per.setdefault(i % destinations, []).append(
+                Delivery("d", b"{}", "1", f"e{i}", "job_summary", body, object_key=f"{tag}/{i}.json"))
+        return list(per.items())
+
+    # -- aiobotocore put_object, one client per destination (as the sink had) --
+    session = get_session()
+    clients, exits = [], []
+    for _ in dests:
+        cm = session.create_client("s3", region_name="us-east-1", endpoint_url=endpoint,
+                                   aws_access_key_id="testing", aws_secret_access_key="testing",
+                                   config=AioConfig(retries={"max_attempts": 1}, max_pool_connections=16))
+        clients.append(await cm.__aenter__())
+        exits.append(cm)
+
+    async def botocore_pass(tag: str) -> None:
+        async def group(i: int, items: list[Delivery]) -> None:
+            sem = asyncio.Semaphore(16)
+
+            async def put(d: Delivery) -> None:
+                async with sem:
+                    await clients[i].put_object(Bucket=bucket, Key=d.object_key, Body=d.message,
+                                                ContentType="application/json")
+            await asyncio.gather(*(put(d) for d in items))
+        await asyncio.gather(*(group(i, items) for i, items in batch(objects, tag)))
+
+    sink = S3Sink(keys, None, 32, 10)
+
+    async def sink_pass(tag: str) -> None:
+        results = await asyncio.gather(*(sink.send(dests[i], items) for i, items in batch(objects, tag)))
+        failed = [o for r in results for o in r if not o.ok]
+        if failed:
+            raise RuntimeError(f"{len(failed)} PUTs failed, e.g. {failed[0]}")
+
+    out: dict[str, Any] = {"objects": objects, "destinations": destinations, "size": len(body), "repeats": repeats}
+    try:
+        for name, one_pass in (("aiobotocore_put_object", botocore_pass), ("sink_signed_aiohttp", sink_pass)):
+            await one_pass(f"{name}/warm")
+            cpu, rate = [], []
+            for r in range(repeats):
+                c0, w0 = time.process_time(), time.perf_counter()
+                await one_pass(f"{name}/{r}")
+                c1, w1 = time.process_time(), time.perf_counter()
+                cpu.append((c1 - c0) / objects * 1e6)
+                rate.append(objects / (w1 - w0))
+            out[name] = {"cpu_us_per_object": statistics.median(cpu), "objects_per_s": statistics.median(rate),
+                         "cpu_us_per_object_runs": cpu}
+    finally:
+        for cm in exits:
+            await cm.__aexit__(None, None, None)
+        await sink.close()
+    return out
+
+
+def report(r: dict[str, Any]) -> str:
+    lines = [f"S3 PUT client cost: {r['objects']:,} objects of {r['size']:,} bytes over {r['destinations']} "
+             f"destination(s) into moto, median of {r['repeats']} passes (CPU of this process only)"]
+    for name in ("aiobotocore_put_object", "sink_signed_aiohttp"):
+        m = r[name]
+        runs = ", ".join(f"{x:.0f}" for x in m["cpu_us_per_object_runs"])
+        lines.append(f"  {name:24s} {m['cpu_us_per_object']:7.0f} µs CPU/object ({runs})   "
+                     f"{m['objects_per_s']:6.0f} objects/s")
+    return "\n".join(lines)
