@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -20,18 +23,54 @@ from typing import Any
 
 
 def run_s3put(objects: int, destinations: int, repeats: int, size: int) -> dict[str, Any]:
+    """Into moto, then into a trivial keep-alive server (see `_serve`)."""
     from streamer.dev.local import MotoS3, free_port
 
+    out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="streamer-s3put-") as tmp:
         moto = MotoS3(Path(tmp) / "s3", free_port())
         moto.start()
         try:
-            return asyncio.run(_main(moto.endpoint, objects, destinations, repeats, size))
+            out["moto"] = asyncio.run(_main(moto.endpoint, objects, destinations, repeats, size, True))
         finally:
             moto.stop()
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "streamer.benchmark.s3put", str(port)])
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        out["keepalive"] = asyncio.run(_main(f"http://127.0.0.1:{port}", objects, destinations, repeats, size,
+                                             False))
+    finally:
+        server.terminate()
+        server.wait()
+    return out
 
 
-async def _main(endpoint: str, objects: int, destinations: int, repeats: int, size: int) -> dict[str, Any]:
+def _serve(port: int) -> None:
+    """A loopback server that answers 200 to every request and keeps connections open, as
+    S3 does; moto (werkzeug's development server) closes every connection after one
+    request, so into moto each PUT also pays a TCP connect and teardown."""
+    from aiohttp import web
+
+    async def ok(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=200, headers={"ETag": '"0"'})
+
+    app = web.Application(client_max_size=1 << 26)
+    app.router.add_route("*", "/{tail:.*}", ok)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+async def _main(endpoint: str, objects: int, destinations: int, repeats: int, size: int,
+                make: bool) -> dict[str, Any]:
     from aiobotocore.config import AioConfig
     from aiobotocore.session import get_session
 
@@ -42,7 +81,8 @@ async def _main(endpoint: str, objects: int, destinations: int, repeats: int, si
 
     keys = {"bench": os.urandom(32)}
     bucket = f"s3put-{uuid.uuid4().hex[:8]}"
-    await make_bucket(endpoint, bucket)
+    if make:
+        await make_bucket(endpoint, bucket)
     dests = [{"type": "s3", "bucket": bucket, "endpoint_url": endpoint, "prefix": f"d{i}",
               "access_key_id": "testing", "secret_access_key": {"enc": encrypt("testing", keys)}}
              for i in range(destinations)]
@@ -106,14 +146,22 @@ async def _main(endpoint: str, objects: int, destinations: int, repeats: int, si
     return out
 
 
-def report(r: dict[str, Any]) -> str:
-    lines = [f"S3 PUT client cost: {r['objects']:,} objects of {r['size']:,} bytes over {r['destinations']} "
-             f"destination(s) into moto, median of {r['repeats']} passes (CPU of this process only)"]
-    for name in ("aiobotocore_put_object", "sink_signed_aiohttp"):
-        m = r[name]
-        runs = ", ".join(f"{x:.0f}" for x in m["cpu_us_per_object_runs"])
-        lines.append(f"  {name:24s} {m['cpu_us_per_object']:7.0f} µs CPU/object ({runs})   "
-                     f"{m['objects_per_s']:6.0f} objects/s")
-    if r.get("sink_failures"):
-        lines.append(f"  sink PUTs that failed (not retried here): {r['sink_failures']}")
+def report(result: dict[str, Any]) -> str:
+    lines = []
+    for target, label in (("moto", "into moto (a new connection per PUT)"),
+                          ("keepalive", "into a keep-alive loopback server answering 200")):
+        r = result[target]
+        lines.append(f"S3 PUT client cost {label}: {r['objects']:,} objects of {r['size']:,} bytes over "
+                     f"{r['destinations']} destination(s), median of {r['repeats']} passes (this process's CPU)")
+        for name in ("aiobotocore_put_object", "sink_signed_aiohttp"):
+            m = r[name]
+            runs = ", ".join(f"{x:.0f}" for x in m["cpu_us_per_object_runs"])
+            lines.append(f"  {name:24s} {m['cpu_us_per_object']:7.0f} µs CPU/object ({runs})   "
+                         f"{m['objects_per_s']:6.0f} objects/s")
+        if r.get("sink_failures"):
+            lines.append(f"  sink PUTs that failed (not retried here): {r['sink_failures']}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]))
