@@ -260,7 +260,8 @@ engine_cfg = EngineConfig(
 
 
 engines = {
-    "s3": DeliveryEngine("s3", S3Sink(cfg.encryption_keys, cfg.s3_endpoint_url, 16, cfg.http_timeout_s),
+    "s3": DeliveryEngine("s3", S3Sink(cfg.encryption_keys, cfg.s3_endpoint_url, cfg.s3_destination_concurrency,
+                                        cfg.http_timeout_s),
                          produce_all, engine_cfg, produce_durably),
     "http": DeliveryEngine("http", HttpSink(cfg.encryption_keys, cfg.allow_private_destinations,
                                             cfg.destination_concurrency, cfg.http_timeout_s),
@@ -416,6 +417,13 @@ def run_worker(loglevel: str | None = None) -> None:
             timer.daemon = True
             timer.start()
             super()._on_sigterm()
+
+        def on_setup_root_logger(self, logger, level) -> None:
+            """No terminal spinner. At log level warning or above Faust adds one, and to
+            spin it on every record it sets the root logger to DEBUG: every debug call of
+            every library (botocore logs one per signature, aiokafka per request) then
+            builds a LogRecord, and the spinner writes escape codes into the JSON log."""
+            self.spinner = None
 
     GracefulWorker(app, loglevel=loglevel or cfg.log_level, logging_config=logging_config(loglevel or cfg.log_level),
            redirect_stdouts=False).execute_from_commandline()

@@ -7,6 +7,7 @@
       RSS and CPU per event. Medians of the runs; JSON in bench-results/<timestamp>.json.
   python -m streamer.bench micro      the pure hot path, µs per event
   python -m streamer.bench memory     RSS with 100,000 workspaces, effective() at 1k vs 100k
+  python -m streamer.bench s3put      client CPU per S3 object: aiobotocore put_object vs the sink
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-COMMANDS = ("pipeline", "micro", "memory")
+COMMANDS = ("pipeline", "micro", "memory", "s3put")
 
 
 def _save(results: dict, suffix: str = "") -> Path:
@@ -92,6 +93,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"results: {_save({'machine': _machine(), 'memory': result}, '-memory')}")
         return 0
 
+    if command == "s3put":
+        parser.add_argument("--objects", type=int, default=2000, help="objects per pass (default 2000)")
+        parser.add_argument("--destinations", type=int, default=50, help="destinations they go to (default 50)")
+        parser.add_argument("--repeats", type=int, default=3, help="timed passes (default 3)")
+        parser.add_argument("--size", type=int, default=1000, help="object bytes (default 1000)")
+        args = parser.parse_args(argv)
+        from streamer.benchmark.s3put import report, run_s3put
+        result = run_s3put(args.objects, args.destinations, args.repeats, args.size)
+        print(report(result))
+        print(f"results: {_save({'machine': _machine(), 's3put': result}, '-s3put')}")
+        return 0
     from streamer.benchmark.pipeline import Options, report, run_pipeline
 
     parser.add_argument("--runs", type=int, default=3, help="repetitions; medians are reported (default 3)")
@@ -111,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the workers, e.g. STREAMER_BATCH_MAX=1000 (repeatable)")
     parser.add_argument("--profile-worker", action="store_true",
-                        help="run the REST worker under cProfile and print where its time goes")
+                        help="run the REST and S3 workers under cProfile and print where their time goes")
     args = parser.parse_args(argv)
     opts = Options.from_args(args)
     result = run_pipeline(opts)

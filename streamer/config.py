@@ -63,6 +63,7 @@ class Config:
     liveness_stall_s: float = 300.0
     gc_gen0_threshold: int = 50_000
     s3_endpoint_url: str | None = None
+    s3_destination_concurrency: int = 32  # most concurrent PUTs per S3 destination (adaptive below it)
     shutdown_grace_s: float = 20.0
     session_timeout_s: float = 10.0
     instance_id: str | None = None
@@ -103,6 +104,7 @@ class Config:
             liveness_stall_s=float(_env("LIVENESS_STALL_S", str(cls.liveness_stall_s))),
             gc_gen0_threshold=int(_env("GC_GEN0_THRESHOLD", str(cls.gc_gen0_threshold))),
             s3_endpoint_url=_env("S3_ENDPOINT_URL", "") or None,
+            s3_destination_concurrency=max(1, int(_env("S3_DESTINATION_CONCURRENCY", str(cls.s3_destination_concurrency)))),
             shutdown_grace_s=float(_env("SHUTDOWN_GRACE_S", str(cls.shutdown_grace_s))),
             session_timeout_s=float(_env("SESSION_TIMEOUT_S", str(cls.session_timeout_s))),
             instance_id=_env("INSTANCE_ID", "") or None,

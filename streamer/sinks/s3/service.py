@@ -1,76 +1,192 @@
-"""S3 sink: one object per event at its deterministic key, a client reused per destination."""
+"""S3 sink I/O: one signed aiohttp PUT per object at its deterministic key.
+
+Why not aiobotocore's `put_object`: about a millisecond of CPU per call goes to botocore's
+per-call machinery, ten times the request itself. Here botocore still does what it is
+good at: credentials (a destination's own keys, else the default chain: environment,
+profiles, assumed roles, web identity, container and instance roles, refreshed before
+they expire), where a bucket's objects live (`request.object_base_url`, once per
+destination) and SigV4 (`request.signed_headers`). aiohttp carries the request over one
+shared, bounded connection pool.
+
+Per destination the sink keeps its URL, its credentials and an adaptive cap on concurrent
+PUTs (`streamer.sinks.adaptive`): a partner-wide destination receives a large share of
+all events and one object per event, so a small fixed cap would throttle the whole
+partner; the cap grows while the store keeps up and halves when it signals overload, and
+each destination has its own, so tenants stay isolated.
+
+Retries are not done here: the engine decides (in-line backoff, the retry topic, or a dead
+letter) from each object's outcome.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
-from aiobotocore.config import AioConfig
+import aiohttp
+import orjson
 from aiobotocore.session import get_session
-from botocore.exceptions import ClientError, EndpointConnectionError
+from botocore.credentials import Credentials
+from botocore.exceptions import NoCredentialsError
+from yarl import URL
 
 from streamer.settings.secrets import decrypt
-from streamer.sinks.base import DELIVERED, Delivery, Outcome
+from streamer.sinks.adaptive import AdaptiveLimit
+from streamer.sinks.base import Delivery, Outcome
+from streamer.sinks.s3.request import (BIG_BODY, FATAL_CODES, classify, connection_failure, object_base_url, object_url,
+                                       signed_headers_async, unexpected_failure)
 
-# S3 error codes that no retry will fix: the configuration is wrong.
-FATAL_CODES = {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-               "AllAccessDisabled", "InvalidBucketName", "AuthorizationHeaderMalformed"}
+__all__ = ["S3Sink", "FATAL_CODES"]
 
 
 class S3Sink:
+    MAX_DESTINATIONS = 20_000  # cached destinations; the least recently used are forgotten
+    # PUTs in flight, all destinations together: at ~50 ms a PUT that is ~2,500 objects/s,
+    # more than one worker's CPU signs and sends.
+    POOL_LIMIT = 128
+    INITIAL_CONCURRENCY = 4  # a destination's cap before it has shown how much it takes
+    NO_CREDENTIALS_RECHECK_S = 30.0
+    SLOW_S = 1.0  # a PUT of a small object answered later than this counts as overload
+
     def __init__(self, encryption_keys: dict[str, bytes], default_endpoint: str | None, concurrency: int,
-                 timeout_s: float):
+                 timeout_s: float, *, default_credentials: Any = None) -> None:
+        """`concurrency` is the most concurrent PUTs one destination may reach.
+        `default_credentials` (a botocore credentials object, refreshable or not) is for
+        destinations without their own keys; by default the standard AWS chain resolves it."""
         self._keys = encryption_keys
         self._default_endpoint = default_endpoint
-        self._concurrency = concurrency
-        self._timeout = timeout_s
-        self._session = get_session()
-        self._clients: dict[str, tuple[Any, Any]] = {}  # fingerprint -> (context manager, client)
+        self._max_concurrency = max(1, concurrency)
+        # As the aiobotocore client had them: connect and per-read timeouts, no total (a
+        # 40 MB object may take longer than one read); the engine's deadline bounds a group.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)
+        self._default_credentials = default_credentials
+        self._default_resolved = default_credentials is not None
+        self._default_checked_at = 0.0
+        self._default_lock = asyncio.Lock()
+        self._session: aiohttp.ClientSession | None = None
+        self._slots = asyncio.Semaphore(self.POOL_LIMIT)  # PUTs in flight, all destinations together
+        self._targets: OrderedDict[bytes, _Target] = OrderedDict()
 
-    async def _client(self, dest: dict[str, Any]):
-        fp = hashlib.sha256(repr(sorted(dest.items())).encode()).hexdigest()
-        if fp not in self._clients:
-            creds = {}
-            if dest.get("access_key_id"):
-                creds = {"aws_access_key_id": dest["access_key_id"],
-                         "aws_secret_access_key": decrypt(dest["secret_access_key"]["enc"], self._keys)}
-            cfg = AioConfig(connect_timeout=self._timeout, read_timeout=self._timeout,
-                            retries={"max_attempts": 1}, max_pool_connections=self._concurrency)
-            cm = self._session.create_client("s3", region_name=dest.get("region") or "us-east-1",
-                                             endpoint_url=dest.get("endpoint_url") or self._default_endpoint,
-                                             config=cfg, **creds)
-            self._clients[fp] = (cm, await cm.__aenter__())
-        return self._clients[fp][1]
+    def _shared_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self.POOL_LIMIT, limit_per_host=0, ttl_dns_cache=60)
+            # No cookie jar: nothing one store sets reaches another destination's requests.
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
+                                                  cookie_jar=aiohttp.DummyCookieJar(),
+                                                  headers={"User-Agent": "streamer/0.1"})
+        return self._session
+
+    async def _target(self, dest: dict[str, Any]) -> "_Target":
+        fp = hashlib.sha256(orjson.dumps(dest, option=orjson.OPT_SORT_KEYS)).digest()
+        found = self._targets.get(fp)
+        if found is not None:
+            self._targets.move_to_end(fp)
+            return found
+        region = dest.get("region") or "us-east-1"
+        endpoint = dest.get("endpoint_url") or self._default_endpoint
+        # A botocore client resolves the URL (model files are read once): off the event loop.
+        base = await asyncio.to_thread(object_base_url, region, endpoint, dest["bucket"])
+        own = None
+        if dest.get("access_key_id"):
+            own = Credentials(dest["access_key_id"],
+                              decrypt(dest["secret_access_key"]["enc"], self._keys)).get_frozen_credentials()
+        found = _Target(base, region, own, AdaptiveLimit(self.INITIAL_CONCURRENCY, self._max_concurrency))
+        self._targets[fp] = found
+        if len(self._targets) > self.MAX_DESTINATIONS:
+            self._targets.popitem(last=False)
+        return found
+
+    async def _credentials(self, target: "_Target"):
+        """Frozen credentials for one signature: the destination's own, or the default
+        chain's, refreshed by botocore when they near expiry."""
+        if target.credentials is not None:
+            return target.credentials
+        creds = self._default_credentials
+        if creds is None:
+            creds = await self._resolve_default()
+        frozen = creds.get_frozen_credentials()
+        if inspect.isawaitable(frozen):  # aiobotocore's credentials refresh asynchronously
+            frozen = await frozen
+        return frozen
+
+    async def _resolve_default(self):
+        async with self._default_lock:
+            if self._default_credentials is None and (
+                    not self._default_resolved
+                    or time.monotonic() - self._default_checked_at >= self.NO_CREDENTIALS_RECHECK_S):
+                self._default_credentials = await get_session().get_credentials()
+                self._default_resolved, self._default_checked_at = True, time.monotonic()
+        if self._default_credentials is None:
+            raise NoCredentialsError()
+        return self._default_credentials
 
     async def send(self, destination: dict[str, Any], deliveries: list[Delivery]) -> list[Outcome]:
-        client = await self._client(destination)
-        sem = asyncio.Semaphore(self._concurrency)
+        target = await self._target(destination)
+        session = self._shared_session()
+        # Each outcome is also recorded on its delivery the moment it is known, so a group
+        # the engine cuts off at its deadline parks only what was not stored.
+        if len(deliveries) == 1:  # no task for a single object
+            d = deliveries[0]
+            d.outcome = await self._put(session, target, d)
+            return [d.outcome]
+        outcomes: list[Outcome] = [None] * len(deliveries)  # type: ignore[list-item]
+        todo = iter(enumerate(deliveries))
 
-        async def put(d: Delivery) -> Outcome:
-            d.outcome = await attempt(d)
-            return d.outcome
+        async def lane() -> None:
+            for i, d in todo:
+                outcomes[i] = d.outcome = await self._put(session, target, d)
 
-        async def attempt(d: Delivery) -> Outcome:
-            async with sem:
-                try:
-                    await client.put_object(Bucket=destination["bucket"], Key=d.object_key, Body=d.message,
-                                            ContentType="application/json")
-                    return DELIVERED
-                except ClientError as e:
-                    code = e.response.get("Error", {}).get("Code", "")
-                    status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-                    retryable = code not in FATAL_CODES and (status >= 500 or status in (0, 408, 429)
-                                                            or code in ("SlowDown", "RequestTimeout"))
-                    return Outcome(False, retryable, f"s3 {code or status}: {e.response.get('Error', {}).get('Message', '')}"[:300])
-                except (EndpointConnectionError, asyncio.TimeoutError, OSError) as e:
-                    return Outcome(False, True, f"s3 connection: {type(e).__name__}: {e}"[:300])
-                except Exception as e:  # botocore's many transport errors: retry, never drop
-                    return Outcome(False, True, f"s3 error: {type(e).__name__}: {e}"[:300])
+        # As many lanes as the cap can ever admit; the gate decides how many run.
+        await asyncio.gather(*(lane() for _ in range(min(len(deliveries), self._max_concurrency))))
+        return outcomes
 
-        return list(await asyncio.gather(*(put(d) for d in deliveries)))
+    async def _put(self, session: aiohttp.ClientSession, target: "_Target", d: Delivery) -> Outcome:
+        """One PUT under the destination's cap and the sink-wide cap. The sink-wide slot is
+        taken before signing, so a request never waits for a pooled connection after it was
+        signed (and, when the engine's deadline cancels the group, was signed for nothing)."""
+        gate = target.limit
+        epoch = await gate.acquire()
+        ok = overload = False
+        try:
+            async with self._slots:
+                started = time.monotonic()
+                credentials = await self._credentials(target)
+                url = object_url(target.base_url, d.object_key)
+                headers = await signed_headers_async(url, d.message, credentials, target.region)
+                # encoded=True: send the path exactly as signed, not re-quoted by yarl.
+                async with session.put(URL(url, encoded=True), data=d.message, headers=headers,
+                                       allow_redirects=False) as resp:
+                    outcome = classify(resp.status, await resp.read())
+                slow = time.monotonic() - started > self.SLOW_S and len(d.message) < BIG_BODY
+            ok = outcome.ok
+            # A retryable error or a slow answer: the store is busy, send less at once.
+            overload = outcome.retryable or slow
+            return outcome
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as e:
+            overload = True
+            return connection_failure(e)
+        except asyncio.CancelledError:
+            overload = True  # the engine's deadline passed with this PUT still waiting or in flight
+            raise
+        except Exception as e:  # e.g. no credentials found: retry, never drop
+            return unexpected_failure(e)
+        finally:
+            gate.release(epoch, ok=ok, overload=overload)
 
     async def close(self) -> None:
-        for cm, _client in self._clients.values():
-            await cm.__aexit__(None, None, None)
-        self._clients.clear()
+        if self._session is not None:
+            await self._session.close()
+        self._targets.clear()
+
+
+@dataclass(slots=True)
+class _Target:
+    base_url: str  # the object URL up to the key
+    region: str
+    credentials: Any  # the destination's own frozen keys, or None for the default chain
+    limit: AdaptiveLimit  # its concurrent PUTs

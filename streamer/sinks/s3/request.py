@@ -1,0 +1,142 @@
+"""Building and judging one S3 PutObject request, without a botocore client per call.
+
+aiobotocore's `put_object` spends about a millisecond of CPU per call in botocore's
+per-call machinery (parameter validation, serialisation, endpoint rules, the event
+system, checksums, response parsing); the request itself is one signed PUT. So the hot
+path here is just that: the object's URL, botocore's own SigV4 signature, and the S3
+error code read from the response. Nothing here does network I/O.
+
+What botocore is good at stays botocore's: `object_base_url` asks a real botocore client
+where PutObject would go (endpoint rules: path-style for IP and custom endpoints,
+virtual-host for AWS, dotted buckets, regions), once per destination; `signed_headers`
+signs with `S3SigV4Auth` on an `AWSRequest`. SigV4 is not written here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import xml.etree.ElementTree as ET
+from functools import lru_cache
+from typing import Any
+
+from botocore import UNSIGNED
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.session import get_session
+from botocore.utils import percent_encode
+
+from streamer.sinks.base import DELIVERED, Outcome
+
+CONTENT_TYPE = "application/json"
+
+# S3 error codes that no retry will fix: the configuration is wrong.
+FATAL_CODES = frozenset({"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                         "AllAccessDisabled", "InvalidBucketName", "AuthorizationHeaderMalformed"})
+# Codes that are worth retrying whatever their status.
+RETRY_CODES = frozenset({"SlowDown", "RequestTimeout"})
+
+_SENTINEL_KEY = "streamer-object-key"
+
+
+class _Captured(Exception):
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+def _capture(request, **_kwargs) -> None:
+    # Stops the call before it is sent: we only want the URL botocore resolved.
+    raise _Captured(request.url)
+
+
+_clients_lock = threading.Lock()
+
+
+@lru_cache(maxsize=256)
+def _resolver_client(region: str, endpoint_url: str | None):
+    """An unsigned botocore client used only to resolve URLs (never sends anything)."""
+    with _clients_lock:
+        client = get_session().create_client(
+            "s3", region_name=region, endpoint_url=endpoint_url,
+            config=Config(signature_version=UNSIGNED, retries={"max_attempts": 1},
+                          request_checksum_calculation="when_required"))
+        client.meta.events.register("before-send.s3.PutObject", _capture)
+        return client
+
+
+@lru_cache(maxsize=20_000)
+def object_base_url(region: str, endpoint_url: str | None, bucket: str) -> str:
+    """The URL PutObject uses for this bucket, up to the key: exactly what aiobotocore's
+    `put_object` addressed before (same endpoint rules), resolved once per destination.
+    The key is a deterministic suffix of the URL, so `object_url` only appends it."""
+    client = _resolver_client(region, endpoint_url)
+    try:
+        client.put_object(Bucket=bucket, Key=_SENTINEL_KEY, Body=b"")
+    except _Captured as c:
+        url = c.url
+    else:  # pragma: no cover - before-send always raises
+        raise RuntimeError("botocore sent a request while resolving a URL")
+    path_end = url.split("?", 1)[0]
+    if not path_end.endswith("/" + _SENTINEL_KEY):
+        raise ValueError(f"unexpected S3 URL layout: {url}")
+    return path_end[: -len(_SENTINEL_KEY)]
+
+
+def object_url(base_url: str, key: str) -> str:
+    """The object's URL: the key percent-encoded as botocore encodes `{Key+}` ('/' and '~' kept)."""
+    return base_url + percent_encode(key, safe="/~")
+
+
+def signed_headers(url: str, body: bytes, credentials: Any, region: str) -> dict[str, str]:
+    """Headers of a PUT of `body` to `url`, signed with botocore's S3 SigV4 signer.
+
+    `credentials` are frozen (access key, secret key, token), so a refresh cannot change
+    them halfway through a signature. The payload's SHA-256 is signed (botocore's default
+    for a PUT without Content-MD5), so S3 checks the body end to end."""
+    request = AWSRequest(method="PUT", url=url, data=body, headers={"Content-Type": CONTENT_TYPE})
+    S3SigV4Auth(credentials, "s3", region).add_auth(request)
+    return dict(request.headers.items())
+
+
+# Bodies this big are hashed and signed on a thread: hashing 40 MB takes tens of ms, which
+# would stall every other destination on the event loop (hashlib releases the GIL).
+BIG_BODY = 1 << 20
+
+
+async def signed_headers_async(url: str, body: bytes, credentials: Any, region: str) -> dict[str, str]:
+    if len(body) >= BIG_BODY:
+        return await asyncio.to_thread(signed_headers, url, body, credentials, region)
+    return signed_headers(url, body, credentials, region)
+
+
+def error_code(body: bytes) -> tuple[str, str]:
+    """(Code, Message) of an S3 XML error body; empty strings when there is none."""
+    if not body:
+        return "", ""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return "", body[:200].decode("utf-8", "replace")
+    return (root.findtext("Code") or "").strip(), (root.findtext("Message") or "").strip()
+
+
+def classify(status: int, body: bytes) -> Outcome:
+    """The outcome of a PUT's response, with the rules the aiobotocore sink had: a code in
+    FATAL_CODES never retries; otherwise 5xx, 408, 429, SlowDown and RequestTimeout do,
+    and any other 4xx (or 3xx: a redirect to another region) is permanent."""
+    if 200 <= status < 300:
+        return DELIVERED
+    code, message = error_code(body)
+    retryable = code not in FATAL_CODES and (status >= 500 or status in (0, 408, 429) or code in RETRY_CODES)
+    return Outcome(False, retryable, f"s3 {code or status}: {message}"[:300])
+
+
+def connection_failure(exc: BaseException) -> Outcome:
+    """Timeouts and connection errors: retryable, as before."""
+    return Outcome(False, True, f"s3 connection: {type(exc).__name__}: {exc}"[:300])
+
+
+def unexpected_failure(exc: BaseException) -> Outcome:
+    """Anything else (e.g. no credentials found): retry, never drop."""
+    return Outcome(False, True, f"s3 error: {type(exc).__name__}: {exc}"[:300])
