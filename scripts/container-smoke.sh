@@ -247,6 +247,25 @@ oneshot() {
 say "topics apply (in a container)"
 oneshot "$IMAGE" topics apply > "$WORK/topics.log" 2>&1 || { cat "$WORK/topics.log"; die "topics apply failed"; }
 
+# ------------------------------------------------------------------ SIGTERM while starting
+# The worker is pid 1, and pid 1 gets no signal it has no handler for: a worker stopped
+# in its first second must still go at once, not after the whole grace period.
+data=$WORK/data-early-stop
+mkdir -p "$data"
+chown "$APP_UID:$APP_UID" "$data"
+c=streamer-smoke-$RUN_ID-early-stop
+"${PODMAN[@]}" run -d --name "$c" --label "$LABEL" "${NET[@]}" "${HARDEN[@]}" --env-file "$ENV_FILE" \
+  -e STREAMER_APP_ID=streamer-smoke-early-stop -e "STREAMER_WEB_PORT=$(free_port)" \
+  -v "$data:/var/lib/streamer" "$IMAGE" > /dev/null
+sleep 0.3
+stop_start=$(now_ms)
+timeout 60 "${PODMAN[@]}" stop -t 30 "$c" > /dev/null 2>&1
+early_stop_ms=$(( $(now_ms) - stop_start ))
+code=$("${PODMAN[@]}" inspect --format '{{.State.ExitCode}}' "$c")
+(( early_stop_ms < 10000 )) && [[ $code != 137 ]] \
+  || die "a worker stopped while starting took ${early_stop_ms} ms (exit $code): SIGTERM was ignored"
+say "a worker stopped 0.3 s after its start exited $code in ${early_stop_ms} ms"
+
 # ------------------------------------------------------------------ two workers
 declare -A WEB_PORT STARTUP_MS
 start_worker() {
@@ -409,4 +428,5 @@ image           $IMAGE (base $BASE_IMAGE)
 image size      $(mb "$size_bytes") uncompressed, $(mb "$gz_bytes") gzip-compressed
 start-up        worker-1 ${STARTUP_MS[worker-1]} ms, worker-2 ${STARTUP_MS[worker-2]} ms (podman run to /ready 200)
 hardening       read-only root filesystem, uid $ruid, no capabilities
+machine         $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) (start-up times grow with it)
 EOF

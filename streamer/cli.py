@@ -13,6 +13,17 @@ def _bootstrap(args) -> str:
     return args.bootstrap_servers or Config.from_env().bootstrap_servers
 
 
+def _exit_on_sigterm_while_starting() -> None:
+    """In a container the worker is pid 1, and the kernel drops every signal pid 1 has no
+    handler for: a worker stopped during its first seconds (imports, before Faust installs
+    its own SIGTERM handler) would ignore SIGTERM and be killed only after the whole grace
+    period. Until Faust's handler replaces this one, SIGTERM exits at once; nothing has been
+    consumed yet, so there is nothing to commit."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="streamer", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -48,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     if args.cmd == "worker":
+        _exit_on_sigterm_while_starting()
         from streamer.app import run_worker
 
         run_worker(args.loglevel)
