@@ -12,15 +12,16 @@
 # configuration and CA bundle; they are passed as build secrets, never baked in.
 #
 # Then, all on loopback with host networking: a Kafka broker and moto S3 from the project's
-# own `streamer dev up` (state in a temporary folder, free ports), the log receiver of
-# streamer/dev/receiver.py, `streamer topics apply` in a container, two worker containers
-# (read-only root filesystem, the image's non-root uid, no capabilities, distinct web
-# ports), the signed settings CLI in containers (an S3 partner destination and a
-# Datadog-style REST workspace destination, as `streamer demo` sets up), the sample events,
-# and the checks: every expected event arrived at its destination, a write to the root
-# filesystem fails, the workers run as a uid other than 0, and a worker stops cleanly on
-# SIGTERM. It reports the image size and each worker's start-up time (podman run to the
-# first 200 from /ready).
+# own `streamer dev up` (state in a temporary folder, free ports); in containers of the
+# image: the log receiver of streamer/dev/receiver.py (as docker-compose.yml runs it),
+# `streamer topics apply`, two workers (read-only root filesystem, the image's non-root
+# uid, no capabilities, distinct web ports) and the signed settings CLI (an S3 partner
+# destination and a Datadog-style REST workspace destination, as `streamer demo` sets
+# up); then the sample events. The checks: exactly the expected events arrived at each
+# destination, writes to the root filesystem fail, the workers run as a uid other than 0,
+# a worker stops cleanly on SIGTERM, and one stopped while still starting exits at once.
+# It reports the image size and each worker's start-up time (podman run to the first 200
+# from /ready).
 #
 # Everything started here (containers, broker, S3, receiver) is removed on exit, also on
 # failure or Ctrl-C; the temporary folder with the logs is kept only when a check failed.
@@ -71,7 +72,6 @@ RUN_ID=$(date -u +%Y%m%d%H%M%S)-$$
 LABEL=streamer-smoke=$RUN_ID
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/streamer-smoke.XXXXXX")
 export STREAMER_DEV_DIR=$WORK/dev   # `streamer dev up/down` keep their pid files here
-RECEIVER_PID=
 SERVICES_UP=
 
 cleanup() {
@@ -89,10 +89,6 @@ cleanup() {
     fi
     # shellcheck disable=SC2086  # one id per word
     timeout 60 "${PODMAN[@]}" rm -f -t 10 $ids > /dev/null
-  fi
-  if [[ -n $RECEIVER_PID ]]; then
-    kill "$RECEIVER_PID" 2> /dev/null
-    wait "$RECEIVER_PID" 2> /dev/null
   fi
   if [[ -n $SERVICES_UP ]]; then
     timeout 60 "$ROOT/.venv/bin/streamer" dev down > /dev/null
@@ -216,8 +212,6 @@ RECEIVER_PORT=$(free_port)
 SERVICES_UP=1
 say "kafka and moto S3 (streamer dev up, state $STREAMER_DEV_DIR)"
 timeout 300 "$ROOT/.venv/bin/streamer" dev up --kafka-port "$KAFKA_PORT" --s3-port "$S3_PORT"
-"$PY" -m streamer.dev.receiver --host 127.0.0.1 --port "$RECEIVER_PORT" > "$WORK/receiver.log" 2>&1 &
-RECEIVER_PID=$!
 BUCKET=audit-smoke
 "$PY" -c "import asyncio, sys; from streamer.dev.harness import make_bucket; asyncio.run(make_bucket(*sys.argv[1:]))" \
   "http://127.0.0.1:$S3_PORT" "$BUCKET"
@@ -244,27 +238,46 @@ oneshot() {
   timeout 180 "${PODMAN[@]}" run --rm --label "$LABEL" "${NET[@]}" "${HARDEN[@]}" --env-file "$ENV_FILE" "$@"
 }
 
+# The log receiver runs from the image exactly as docker-compose.yml's log-receiver does.
+RECEIVER=streamer-smoke-$RUN_ID-log-receiver
+"${PODMAN[@]}" run -d --name "$RECEIVER" --label "$LABEL" "${NET[@]}" "${HARDEN[@]}" \
+  --entrypoint python "$IMAGE" -m streamer.dev.receiver --host 127.0.0.1 --port "$RECEIVER_PORT" > /dev/null
+deadline=$(( $(now_ms) + WAIT_S * 1000 ))
+until (: > "/dev/tcp/127.0.0.1/$RECEIVER_PORT") 2> /dev/null; do
+  (( $(now_ms) < deadline )) || die "the log receiver did not listen within ${WAIT_S}s"
+  sleep 0.1
+done
+
 say "topics apply (in a container)"
 oneshot "$IMAGE" topics apply > "$WORK/topics.log" 2>&1 || { cat "$WORK/topics.log"; die "topics apply failed"; }
 
 # ------------------------------------------------------------------ SIGTERM while starting
-# The worker is pid 1, and pid 1 gets no signal it has no handler for: a worker stopped
-# in its first second must still go at once, not after the whole grace period.
+# The worker is pid 1, and pid 1 gets no signal it has no handler for. The command installs
+# one before anything else and Faust replaces it with its own some seconds later; SIGTERM
+# sent the moment the first handler is there (seen in /proc/1/status) must end the worker
+# at once with 143 (the early handler's code, not Faust's shutdown), not after the grace
+# period with a SIGKILL.
 data=$WORK/data-early-stop
 mkdir -p "$data"
 chown "$APP_UID:$APP_UID" "$data"
 c=streamer-smoke-$RUN_ID-early-stop
+started=$(now_ms)
 "${PODMAN[@]}" run -d --name "$c" --label "$LABEL" "${NET[@]}" "${HARDEN[@]}" --env-file "$ENV_FILE" \
   -e STREAMER_APP_ID=streamer-smoke-early-stop -e "STREAMER_WEB_PORT=$(free_port)" \
   -v "$data:/var/lib/streamer" "$IMAGE" > /dev/null
-sleep 0.3
+until caught=$("${PODMAN[@]}" exec "$c" sh -c "sed -n 's/^SigCgt:[[:space:]]*//p' /proc/1/status" 2> /dev/null) \
+    && (( 0x${caught:-0} & (1 << 14) )); do  # bit 14: signal 15, SIGTERM
+  (( $(now_ms) - started < 30000 )) || die "the worker installed no SIGTERM handler within 30 s"
+  sleep 0.05
+done
+handler_ms=$(( $(now_ms) - started ))
 stop_start=$(now_ms)
 timeout 60 "${PODMAN[@]}" stop -t 30 "$c" > /dev/null 2>&1
 early_stop_ms=$(( $(now_ms) - stop_start ))
 code=$("${PODMAN[@]}" inspect --format '{{.State.ExitCode}}' "$c")
-(( early_stop_ms < 10000 )) && [[ $code != 137 ]] \
-  || die "a worker stopped while starting took ${early_stop_ms} ms (exit $code): SIGTERM was ignored"
-say "a worker stopped 0.3 s after its start exited $code in ${early_stop_ms} ms"
+[[ $code == 143 ]] && (( early_stop_ms < 10000 )) \
+  || die "a worker stopped while starting took ${early_stop_ms} ms and exited $code (want 143 at once)"
+say "SIGTERM handled ${handler_ms} ms after podman run; a worker stopped then exited 143 in ${early_stop_ms} ms"
 
 # ------------------------------------------------------------------ two workers
 declare -A WEB_PORT STARTUP_MS
@@ -348,10 +361,11 @@ say "producing the sample events from $SAMPLES"
 # Which events must arrive where follows from the two configurations above: workspace 5234
 # (partner-wide S3, jobs=status) gets its job summaries and user activity, workspace 78125
 # (REST, jobs=details) its job details and user activity.
-"$PY" - "$SAMPLES" "127.0.0.1:$KAFKA_PORT" "http://127.0.0.1:$S3_PORT" "$BUCKET" "$WORK/receiver.log" "$WAIT_S" \
+"$PY" - "$SAMPLES" "127.0.0.1:$KAFKA_PORT" "http://127.0.0.1:$S3_PORT" "$BUCKET" "$RECEIVER" "$WAIT_S" \
   <<'EOF' || die "not every expected event was delivered (exactly once)"
 import asyncio
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -362,7 +376,7 @@ from aiokafka import AIOKafkaProducer
 
 from streamer.demo import TOPIC_OF, _kind, _workspace
 
-samples, bootstrap, s3_endpoint, bucket, receiver_log, wait_s = sys.argv[1:]
+samples, bootstrap, s3_endpoint, bucket, receiver, wait_s = sys.argv[1:]
 events = [(f.name, orjson.loads(f.read_bytes()), f.read_bytes()) for f in sorted(Path(samples).glob("*.json"))]
 want_s3 = {n: b for n, b, _ in events if _workspace(b) == "5234" and _kind(b) in ("job_summary", "user_activity")}
 want_http = {n: b for n, b, _ in events if _workspace(b) == "78125" and _kind(b) in ("job_details", "user_activity")}
@@ -386,7 +400,9 @@ async def main() -> int:
             for obj in listing.get("Contents", []):
                 body = await (await s3.get_object(Bucket=bucket, Key=obj["Key"]))["Body"].read()
                 s3_got.append((obj["Key"], orjson.loads(body)))
-            lines = Path(receiver_log).read_text().splitlines()
+            # The receiver prints one JSON line per message it accepted.
+            lines = subprocess.run(["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs", "logs", receiver],
+                                   capture_output=True, text=True, timeout=30, check=True).stdout.splitlines()
             http_got = [json.loads(ln) for ln in lines if ln.startswith("{")]
             s3_missing = [n for n, b in want_s3.items() if b not in [g for _, g in s3_got]]
             http_missing = [n for n, b in want_http.items()
