@@ -45,7 +45,7 @@ WAIT_S=${STREAMER_SMOKE_TIMEOUT:-120}
 APP_UID=10001
 
 # podman as it works on this machine: runc with cgroupfs (no systemd), host networking,
-# and explicit ulimits (the defaults podman would copy from here are not accepted).
+# and explicit ulimits, which podman needs here.
 PODMAN=(podman --runtime runc --cgroup-manager cgroupfs)
 NET=(--network host --ulimit nofile=10000:10000 --ulimit nproc=10000:10000)
 # The same restrictions as docker-compose.yml and the Kubernetes pods. No --user: the
@@ -109,7 +109,9 @@ now_ms() { date +%s%3N; }
 
 # ------------------------------------------------------------------ base image (cached)
 # The recipe is hashed into the tag, so changing a package or an option makes a new base
-# and an unchanged recipe reuses the one already loaded.
+# and an unchanged recipe reuses the one already loaded (remove the tag to pick up newer
+# Debian packages). Only the essential set plus what the Dockerfile uses: no apt, since
+# nothing installs packages at build time.
 MM_ARGS=(
   --variant=essential
   # merged /usr set up by mmdebstrap itself; otherwise apt picks usrmerge, which pulls perl.
