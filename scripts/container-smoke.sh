@@ -189,6 +189,7 @@ with open(sys.argv[2], "w") as f:
 EOF
 PIP_CA=$(cat "$WORK/pip-ca.path")
 say "image $IMAGE from Dockerfile, BASE_IMAGE=$BASE_IMAGE (log $WORK/build.log)"
+previous=$("${PODMAN[@]}" image inspect --format '{{.Id}}' "$IMAGE" 2> /dev/null || true)
 build_start=$(now_ms)
 timeout 1800 "${PODMAN[@]}" build "${NET[@]}" --layers \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" \
@@ -196,6 +197,12 @@ timeout 1800 "${PODMAN[@]}" build "${NET[@]}" --layers \
     -t "$IMAGE" -f Dockerfile . > "$WORK/build.log" 2>&1 \
   || { tail -30 "$WORK/build.log"; die "podman build failed"; }
 build_s=$(( ($(now_ms) - build_start) / 1000 ))
+# A changed source leaves the image the tag pointed to before (~100 MB: its own copy of
+# /opt/venv) untagged; remove it and its unused layers, so reruns do not fill the disk.
+# The build stage's layers stay: they are the cache of the dependency install.
+if [[ -n $previous && $previous != $("${PODMAN[@]}" image inspect --format '{{.Id}}' "$IMAGE") ]]; then
+  "${PODMAN[@]}" rmi "$previous" > /dev/null 2>&1 || true
+fi
 # The secrets must not be in the image: look for them in every layer's file list.
 if "${PODMAN[@]}" run --rm "${NET[@]}" --entrypoint sh "$IMAGE" -c \
      'test -e /run/secrets/pip.conf || test -e /run/secrets/pip-ca.pem'; then
