@@ -33,7 +33,22 @@ def _kafka_command(run, bootstrap: str) -> int:
             return 2
 
 
+def _exit_on_sigterm_until_handled() -> None:
+    """In a container the command is pid 1, and the kernel drops every signal pid 1 has no
+    handler for: a worker stopped during its first seconds (building the parser, importing
+    Faust, before Faust installs its own SIGTERM handler) ignored SIGTERM and was killed
+    only after the whole grace period. So the first thing any command does is to exit on
+    SIGTERM; the worker's Faust handler replaces this one once it runs, and until then
+    nothing has been consumed, so there is nothing to commit. (The interpreter's own
+    start-up, before this line, is still a window of some 0.1 s; an init process such as
+    `docker run --init` closes that too.)"""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> None:
+    _exit_on_sigterm_until_handled()
     parser = argparse.ArgumentParser(prog="streamer", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 
 import orjson
 from aiohttp import web
@@ -56,15 +57,24 @@ def main() -> None:
     args = p.parse_args()
 
     async def run():
+        # In a container this is pid 1, which gets no SIGTERM it does not handle: without
+        # this, `docker compose down` waited its whole timeout and then killed it.
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         r = Receiver()
         await r.start(args.host, args.port)
         print(f"log receiver listening on {args.host}:{r.port}", flush=True)
         seen = 0
-        while True:
-            await asyncio.sleep(0.5)
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), 0.5)
+            except TimeoutError:
+                pass
             for path, item in r.received[seen:]:
                 print(json.dumps({"path": path, "message": item}), flush=True)
             seen = len(r.received)
+        await r.stop()
 
     asyncio.run(run())
 
