@@ -36,7 +36,7 @@ def object_key(event: Event, prefix: str) -> str | Rejection:
     """The S3 key, or a rejection when a part taken from the event is not safe in a key (streamer/keys.py)."""
     b = event.body
     if event.kind == "user_activity":
-        problem = key_problem(workspace_id=event.workspace_id, event_id=event.event_id)
+        problem = key_problem(workspace_id=event.workspace_id, event=b["event"], event_id=event.event_id)
         if problem:
             return Rejection(problem)
         return activity_key(event.workspace_id, b["event"], event.event_id, event.occurred_at, prefix)

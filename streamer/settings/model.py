@@ -33,7 +33,7 @@ def _url_size(v: str | None) -> str | None:
 def _header_name(name: str) -> None:
     if len(name.encode()) > L.MAX_HEADER_NAME_BYTES:
         raise ValueError(L.too_big(f"header name {name[:40]!r}...", len(name.encode()), L.MAX_HEADER_NAME_BYTES))
-    if not _TOKEN.match(name):
+    if not _TOKEN.fullmatch(name):
         raise ValueError(f"header name {name[:64]!r} is not a valid HTTP header name")
 
 

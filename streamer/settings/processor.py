@@ -22,6 +22,7 @@ import orjson
 from streamer.dlq import read_dead_letters
 from streamer.settings.rules import Decision, Policy, authenticate, command_id_of, cutoff, decide
 from streamer.settings.secrets import redact
+from streamer.settings.state import SeenCommand
 from streamer.settings.urls import resolve_hosts, urls_in
 from streamer.settings.view import SettingsView
 from streamer.sinks.base import Delivery
@@ -67,11 +68,12 @@ class SettingsProcessor:
                 if cmd is not None:
                     resolved = await resolve_hosts(urls_in(cmd.model_dump(mode="json")))
             decision = decide(self.view.state, raw or b"", offset, self.policy, at, resolved)
+            cmd_row = None
             if decision.previous_result is not None:
                 result = decision.previous_result
             else:
-                result = await self._apply(decision, offset, now)
-            await self._publish(decision.command_id, result)
+                result, cmd_row = await self._apply(decision, offset, now)
+            await self._publish(decision.command_id, result, cmd_row)
             published = True
             await self._expire_seen(at)
             return result
@@ -103,13 +105,18 @@ class SettingsProcessor:
         self._clock_ms = ms
         return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
-    async def _publish(self, command_id: str, result: dict[str, Any]) -> None:
-        await self.send(self.results_topic, command_id.encode(), orjson.dumps(result))
+    async def _publish(self, command_id: str, result: dict[str, Any], cmd_row: bytes | None = None) -> None:
+        publish = self.send(self.results_topic, command_id.encode(), orjson.dumps(result))
+        if cmd_row is None:
+            await publish
+        else:
+            await asyncio.gather(self.send(self.table_topic, f"cmd/{command_id}".encode(), cmd_row), publish)
         log.info("settings command %s %s%s", result["command_id"], result["status"],
                  f": {result['reason']}" if result.get("reason") else "",
                  extra={"command_id": result["command_id"], "status": result["status"]})
 
-    async def _apply(self, d: Decision, offset: int, now: datetime) -> dict[str, Any]:
+    async def _apply(self, d: Decision, offset: int, now: datetime) -> tuple[dict[str, Any], bytes | None]:
+        """(result, the `cmd/<id>` row still to be written with the result, or None)."""
         version = None
         last = None
         if d.row_key is not None and not d.already_applied:
@@ -121,12 +128,19 @@ class SettingsProcessor:
         if d.replay is not None and not d.already_applied:
             result["replayed"], result["skipped"] = await self._replay(d.replay)
         if d.issued_at is not None:  # authentic: remember it, so a replay is refused
-            row = {"offset": offset, "issued_at": d.issued_at.isoformat(), "result": redact(result)}
-            md = await self.send(self.table_topic, f"cmd/{d.command_id}".encode(), orjson.dumps(row))
+            row = orjson.dumps({"offset": offset, "issued_at": d.issued_at.isoformat(), "result": redact(result)})
+            if last is None:
+                # Nothing changed but the seen ids: noted here at once (the view applies the
+                # same row again when it reads it), and the row goes out with the result, in
+                # one producer round instead of two. A crash between the two re-processes the
+                # record, which decides the same again: nothing else ran in between.
+                self.view.state.seen[d.command_id] = SeenCommand(offset, d.issued_at, redact(result))
+                return result, row
+            md = await self.send(self.table_topic, f"cmd/{d.command_id}".encode(), row)
             last = md.offset
         if last is not None:
             await self.view.wait_for(last)  # in force on this worker before anyone hears of it
-        return result
+        return result, None
 
     async def _replay(self, cmd) -> tuple[int, int]:
         """Send matching dead letters to the workspace's current destination of the same type.
@@ -161,7 +175,8 @@ class SettingsProcessor:
     async def _expire_seen(self, now: datetime) -> None:
         """Forget command ids issued before twice the window, by record time: a later record
         carrying one of them is refused as stale by then, so it cannot be replayed."""
-        expired = [cid for cid, s in self.view.state.seen.items() if s.issued_at < cutoff(now, self.policy)]
+        before = cutoff(now, self.policy)
+        expired = [cid for cid, s in self.view.state.seen.items() if s.issued_at < before]
         for cid in expired[:100]:
             self.view.state.seen.pop(cid, None)
             await self.send(self.table_topic, f"cmd/{cid}".encode(), None)
