@@ -173,6 +173,11 @@ def test_integers_beyond_64_bits_pass_through_exactly():
 
 def test_normal_events_keep_the_fast_parser_and_big_ids_get_a_clear_reason():
     assert parse_event("job_summary", orjson.dumps(job_event(7, "j-1", nano=1773505802123456789))).exact is False
+    in_string = job_event(7, "j-1", trace_id="00-0000000000000000000000000000002a-000000000000002a-01")
+    assert parse_event("job_summary", orjson.dumps(in_string)).exact is False
+    pretty = orjson.dumps({**job_event(7, "j-1"), "big": 0}, option=orjson.OPT_INDENT_2).replace(
+        b'"big": 0', b'"big": [\n    1208925819614629174706176]')
+    assert json.loads(message_json(parse_event("job_summary", pretty), 10**6))["big"] == [1208925819614629174706176]
     big = orjson.dumps(job_event(7, "j-1"))[:-1] + b',"id":1208925819614629174706176}'
     r = parse_event("job_summary", big)
     assert isinstance(r, Rejection) and "outside the 64-bit range" in r.reason and "'id'" in r.reason
