@@ -107,6 +107,8 @@ def test_s3_endpoint_urls_are_checked_like_rest_urls():
     (public_config(url="https://93.184.215.14/" + "p" * 3000), f"limit of {limits.MAX_URL_BYTES} bytes"),
     (public_config(headers={"X-Split": "a\r\nInjected: 1"}), "control character"),
     (public_config(headers={"Bad Name": "v"}), "not a valid HTTP header name"),
+    (public_config(headers={"X-A\n": "v"}), "not a valid HTTP header name"),
+    (public_config(provider="sumo", sumo_category="a\r\nX-Injected: 1"), "sent as a header"),
 ])
 def test_configuration_size_caps_name_the_limit(config, limit):
     raw = orjson.dumps(signed("put_workspace_config", workspace_id="7", config=config))

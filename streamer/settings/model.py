@@ -124,6 +124,14 @@ class HttpDestination(Strict):
             _header_name(name)
         return v
 
+    @field_validator("sumo_category", "sumo_name", "sumo_host", "sumo_fields")
+    @classmethod
+    def _sumo_header_values(cls, v: str | None) -> str | None:
+        # Sent as X-Sumo-* headers: a line break would add a header of the tenant's choosing.
+        if v is not None and _CTL.search(v):
+            raise ValueError("contains a control character (it is sent as a header)")
+        return v
+
     @model_validator(mode="after")
     def _header_count(self) -> "HttpDestination":
         count = len(self.headers) + len(self.secret_headers)
