@@ -67,7 +67,7 @@ def _when(text: str):
 def run_dlq(args, cfg, bootstrap: str) -> int:
     import getpass
 
-    from streamer.admin import AdminClient
+    from streamer.admin import AdminClient, CommandRefused
     from streamer.dlq import read_dead_letters
     from topics import DEAD_LETTERS
 
@@ -93,7 +93,11 @@ def run_dlq(args, cfg, bootstrap: str) -> int:
                                actor=args.actor or getpass.getuser()) as admin:
             return await admin.run("replay_dead_letters", timeout=120, max_records=args.limit, **fields)
 
-    result = asyncio.run(go())
+    try:
+        result = asyncio.run(go())
+    except CommandRefused as e:
+        print(f"refused: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(result, indent=2))
     return 1 if result["status"] == "rejected" else 0
 
@@ -106,7 +110,7 @@ def _load(path: str) -> dict:
 def run_admin(args) -> int:
     import getpass
 
-    from streamer.admin import AdminClient, read_settings
+    from streamer.admin import AdminClient, CommandRefused, read_settings
     from streamer.config import Config
 
     cfg = Config.from_env()
@@ -152,6 +156,10 @@ def run_admin(args) -> int:
 
     try:
         result = asyncio.run(go())
+    except CommandRefused as e:  # refused before anything was produced
+        print(json.dumps({"status": "rejected", "reason": str(e), "sent": False}, indent=2))
+        print(f"refused: {e}", file=sys.stderr)
+        return 1
     except (KafkaError, OSError):
         raise  # the caller explains connection, TLS, SASL and ACL failures (exit 2)
     except Exception as e:

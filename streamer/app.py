@@ -170,7 +170,7 @@ async def settings_commands(stream):
     async for events in batches(stream, 100, 0.05):
         for event in events:
             result = await steadfast("settings command",
-                                     lambda: processor.handle(event.message.value, event.message.offset))
+                                     lambda: processor.handle(event.message.value, event.message.offset, int(event.message.timestamp * 1000)))
             metrics.settings_commands.labels(result["status"]).inc()
 
 

@@ -1,8 +1,47 @@
-"""S3 object keys (spec section 4.1). Deterministic, so a re-delivery overwrites, never duplicates."""
+"""S3 object keys (spec section 4.1). Deterministic, so a re-delivery overwrites, never duplicates.
+
+Parts of a key come from the event (workspace, job and event ids), so they are checked
+before a key is built: every part must be in the safe set `A-Z a-z 0-9 _ . -` (1 to 200
+characters, never containing `..`). A `/` would add folders, `..` could climb out of the
+workspace's folder in tools that sync a bucket to disk, and control characters or
+anything else (spaces, `\\`, `:`, non-ASCII) behave differently across object stores and
+file systems. An event with an unsafe part is rejected with the reason (`key_problem`),
+never encoded: a rejected event is visible and can be fixed upstream, an encoded one
+would land at a key nobody expects. This applies to every object store destination.
+"""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+
+_SAFE = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+SAFE_SET = "A-Z a-z 0-9 _ . - (1 to 200 characters, no '..')"
+
+
+def unsafe_part(value: int | str) -> bool:
+    if type(value) is int:
+        return False  # digits and a sign only
+    return not (isinstance(value, str) and _SAFE.fullmatch(value) and ".." not in value)
+
+
+def key_problem(**parts: int | str) -> str | None:
+    """None when every named part may go into an object key, else the reason naming the first that may not."""
+    for name, value in parts.items():
+        if unsafe_part(value):
+            return (f"{name} {str(value)[:80]!r} cannot be used in an object key: only {SAFE_SET} is allowed")
+    return None
+
+
+def unsafe_prefix(prefix: str) -> str | None:
+    """A destination's key prefix: safe segments separated by `/` (a trailing `/` is allowed)."""
+    if not prefix:
+        return None
+    segments = prefix[:-1].split("/") if prefix.endswith("/") else prefix.split("/")
+    for seg in segments:
+        if not _SAFE.fullmatch(seg) or ".." in seg or seg == ".":
+            return f"prefix segment {seg[:80]!r} is not allowed: segments may use only {SAFE_SET}"
+    return None
 
 
 def job_path(job_id: int | str) -> str:

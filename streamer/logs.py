@@ -13,7 +13,7 @@ import time
 import orjson
 
 _CONTEXT = ("workspace_id", "destination_id", "event_id", "command_id", "status", "attempt", "kind")
-_SCRUB = re.compile(r"(v1:[A-Za-z0-9_.-]+:[A-Za-z0-9_=-]{16,})|((?:Splunk|Bearer)\s+[A-Za-z0-9._~+/=-]{8,})")
+_SCRUB = re.compile(r"(v[12]:[A-Za-z0-9_.-]+:[A-Za-z0-9_=-]{16,})|((?:Splunk|Bearer)\s+[A-Za-z0-9._~+/=-]{8,})")
 
 
 def scrub(text: str) -> str:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from streamer.events.parse import Event, Rejection, parse_event
-from streamer.keys import activity_key, job_key
+from streamer.events.parse import Event, Rejection, exact_dumps, parse_event
+from streamer.keys import activity_key, job_key, key_problem
 from streamer.settings.state import Route, SettingsState
 
 LINES_REPLACEMENT = "Log lines exceed size limit"
@@ -32,29 +32,37 @@ class Routed:
     workspace_id: str
 
 
-def object_key(event: Event, prefix: str) -> str:
+def object_key(event: Event, prefix: str) -> str | Rejection:
+    """The S3 key, or a rejection when a part taken from the event is not safe in a key (streamer/keys.py)."""
     b = event.body
     if event.kind == "user_activity":
+        problem = key_problem(workspace_id=event.workspace_id, event=b["event"], event_id=event.event_id)
+        if problem:
+            return Rejection(problem)
         return activity_key(event.workspace_id, b["event"], event.event_id, event.occurred_at, prefix)
+    problem = key_problem(workspace_id=event.workspace_id, job_id=b["id"])
+    if problem:
+        return Rejection(problem)
     return job_key(event.workspace_id, b["recipe_id"], b["id"], b["status"], event.occurred_at, prefix)
 
 
 def message_json(event: Event, max_bytes: int) -> bytes | Rejection:
-    """The event as compact JSON, applying the size rule of spec 4.3."""
-    data = _dumps(event.body)
+    """The event as compact JSON, applying the size rule of spec 4.3. An event holding
+    integers beyond 64 bits is serialised by the exact encoder (streamer/events/parse.py)."""
+    data = _dumps(event.body, event.exact)
     if isinstance(data, Rejection) or len(data) <= max_bytes:
         return data
     if event.kind == "job_details":
-        data = _dumps({**event.body, "lines": LINES_REPLACEMENT})
+        data = _dumps({**event.body, "lines": LINES_REPLACEMENT}, event.exact)
         if isinstance(data, Rejection) or len(data) <= max_bytes:
             return data
     return Rejection(f"event is {len(data)} bytes as a message, over the {max_bytes} byte limit")
 
 
-def _dumps(body: dict) -> bytes | Rejection:
+def _dumps(body: dict, exact: bool = False) -> bytes | Rejection:
     try:
-        return orjson.dumps(body)
-    except orjson.JSONEncodeError as e:
+        return exact_dumps(body) if exact else orjson.dumps(body)
+    except (orjson.JSONEncodeError, ValueError, RecursionError) as e:
         # orjson parses 1,024 levels of nesting but writes only 254.
         return Rejection(f"event cannot be re-serialised as a message: {e}")
 
@@ -69,7 +77,7 @@ def render(event: Event, target: Route, max_bytes: int) -> bytes | Rejection:
     if len(message) <= max_bytes:
         return message
     if event.kind == "job_details" and event.body.get("lines") != LINES_REPLACEMENT:
-        smaller = _dumps({**event.body, "lines": LINES_REPLACEMENT})
+        smaller = _dumps({**event.body, "lines": LINES_REPLACEMENT}, event.exact)
         if not isinstance(smaller, Rejection):
             message = target.template.render(smaller)
             if len(message) <= max_bytes:
@@ -87,6 +95,11 @@ def route(state: SettingsState, kind: str, value: bytes | None, key: bytes | Non
         return Skip("unconfigured")
     if not target.wants(kind):
         return Skip("not_selected")
+    okey = None
+    if target.destination_type == "s3":
+        okey = object_key(event, target.s3_prefix)
+        if type(okey) is Rejection:
+            return okey
     message = render(event, target, max_message_bytes)
     if isinstance(message, Rejection):
         return message
@@ -97,8 +110,8 @@ def route(state: SettingsState, kind: str, value: bytes | None, key: bytes | Non
         ("kind", kind.encode()),
         ("ts", str(produced_ms).encode()),
     ]
-    if target.destination_type == "s3":
-        headers.append(("okey", object_key(event, target.s3_prefix).encode()))
+    if okey is not None:
+        headers.append(("okey", okey.encode()))
     return Routed(target.destination_type, target.destination_id.encode(), message, headers, event.workspace_id)
 
 

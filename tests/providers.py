@@ -29,6 +29,7 @@ class Received:
     headers: dict[str, str]
     items: list  # parsed messages (one per event)
     raw_size: int  # uncompressed body bytes
+    body: bytes = b""  # the uncompressed body as received
 
 
 @dataclass
@@ -112,8 +113,9 @@ class ProviderServer:
         self.violations.append(why)
         return web.json_response({"error": why, "code": 6}, status=status)
 
-    def _record(self, provider: str, request: web.Request, items: list, size: int) -> None:
-        self.received.append(Received(provider, request.match_info["name"], dict(request.headers), items, size))
+    def _record(self, provider: str, request: web.Request, items: list, size: int, body: bytes = b"") -> None:
+        self.received.append(Received(provider, request.match_info["name"], dict(request.headers), items, size,
+                                      body))
         now = time.time()
         self.arrivals.extend((now, item) for item in items)
 
@@ -130,7 +132,7 @@ class ProviderServer:
             item = orjson.loads(body)
         except orjson.JSONDecodeError:
             return self._bad("generic: body is not one JSON message")
-        self._record("generic", request, [item], len(body))
+        self._record("generic", request, [item], len(body), body)
         return web.json_response({"ok": True})
 
     async def _sumo(self, request: web.Request) -> web.Response:
@@ -150,7 +152,8 @@ class ProviderServer:
     async def _datadog(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         if request.headers.get("DD-API-KEY") != DD_API_KEY:
-            return self._bad("datadog: DD-API-KEY missing or wrong", 403)
+            # As the real intake can: the rejected key echoed in the answer.
+            return self._bad(f"datadog: API key {request.headers.get('DD-API-KEY')} is not valid", 403)
         if (fault := await self._fault(name)) is not None:
             return fault
         body = await self._body(request)

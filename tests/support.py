@@ -67,7 +67,8 @@ def admin_for(env: dict, security=None):
 
     return AdminClient(env["STREAMER_BOOTSTRAP_SERVERS"], env["STREAMER_TOPIC_PREFIX"],
                        parse_keyring(env["STREAMER_SIGNING_KEYS"]), parse_keyring(env["STREAMER_ENCRYPTION_KEYS"]),
-                       security=security)
+                       security=security,
+                       allow_private_destinations=env.get("STREAMER_ALLOW_PRIVATE_DESTINATIONS") == "true")
 
 
 def http_config(providers, provider: str, name: str, jobs: str = "status", user_activity: bool = True,

@@ -106,7 +106,7 @@ async def test_security_rejections_leave_the_settings_unchanged(env, worker_fact
         plaintext_secret = signing.signed({**cmd(), "config": {**cmd()["config"], "destination": {
             **cmd()["config"]["destination"], "secret_headers": {"Authorization": "Bearer plain"}}}}, "test-k1", key)
         foreign_envelope = signing.signed({**cmd(), "config": {**cmd()["config"], "destination": {
-            **cmd()["config"]["destination"], "secret_headers": {"Authorization": {"enc": "v1:nokey:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}}}}},
+            **cmd()["config"]["destination"], "secret_headers": {"Authorization": {"enc": "v2:nokey:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}}}}},
             "test-k1", key)
         cases = {
             "not signed": orjson.dumps(unsigned),

@@ -47,8 +47,11 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(JOBS_DETAILS, 6, "raw job details with recipe steps, key = workspace id", configs=_raw),
     TopicSpec(USER_ACTIVITY, 6, "raw user activity, key = workspace id", configs=_raw),
     # One partition: commands are applied in one total order, by one worker at a time.
+    # LogAppendTime: a command's freshness is judged against the time the broker took its
+    # record, which no producer can set; 2 MiB leaves room for the 1 MiB command cap.
     TopicSpec(SETTINGS_COMMANDS, 1, "signed settings commands from admins",
-              configs={"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}),
+              configs={"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS),
+                       "message.timestamp.type": "LogAppendTime", "max.message.bytes": str(2 * 1024 * 1024)}),
     TopicSpec(SETTINGS_RESULTS, 1, "one result per settings command, key = command id",
               configs={"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}),
     # The settings table: every worker reads all of it (see streamer/settings/view.py).

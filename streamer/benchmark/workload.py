@@ -147,12 +147,12 @@ def build_settings(destination: Callable[[str], dict], workspaces: int = 5000, p
     keys = encryption_keys or {}
     per_partner = max(1, workspaces // partners)
 
-    def config(name: str) -> dict:
+    def config(name: str, scope: str) -> dict:
         c = {"jobs": "details" if rng.random() < 0.3 else "status", "user_activity": rng.random() < 0.9,
              "destination": destination(name)}
         if rng.random() < 0.25:
             c["template"] = TEMPLATES[rng.randrange(len(TEMPLATES))]
-        return encrypt_secrets(c, keys) if keys else c
+        return encrypt_secrets(c, keys, scope) if keys else c
 
     def command(i: int) -> dict:
         return {"id": f"bench-seed-{i}", "offset": i, "issued_at": "2026-01-01T00:00:00+00:00", "actor": "bench"}
@@ -160,7 +160,7 @@ def build_settings(destination: Callable[[str], dict], workspaces: int = 5000, p
     rows: list[tuple[bytes, bytes]] = []
     for p in range(min(partner_wide, partners)):
         rows.append((f"partner/bp{p}".encode(),
-                     orjson.dumps({"config": config(f"partner-bp{p}"), "command": command(len(rows))})))
+                     orjson.dumps({"config": config(f"partner-bp{p}", f"partner/bp{p}"), "command": command(len(rows))})))
     for i in range(workspaces):
         ws = str(1_000_000 + i)
         p = min(i // per_partner, partners - 1)
@@ -168,7 +168,7 @@ def build_settings(destination: Callable[[str], dict], workspaces: int = 5000, p
         rows.append((f"ws/{ws}".encode(), orjson.dumps({
             "registration": {"workspace_id": ws, "partner_id": f"bp{p}",
                              "role": "admin" if i % per_partner == 0 else "customer", "external_id": f"ext-{ws}"},
-            "config": config(f"ws-{ws}") if own else None,
+            "config": config(f"ws-{ws}", f"ws/{ws}") if own else None,
             "command": command(len(rows))})))
     state = SettingsState()
     settings = Settings(rows, state)

@@ -20,6 +20,8 @@ def _check_id(value: Any) -> Any:
         raise ValueError("must be a non-empty string or an integer")
     if isinstance(value, str) and not 0 < len(value) <= 200:
         raise ValueError("must be a non-empty string of at most 200 characters")
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        raise ValueError(f"integer {value} is outside the 64-bit range ids may have; send it as a string")
     return value
 
 

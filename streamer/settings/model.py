@@ -6,13 +6,35 @@ CLI encrypts them before a command is produced, so no plaintext secret ever reac
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from streamer.keys import unsafe_prefix
+from streamer.settings import limits as L
 
 WorkspaceId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 PartnerId = WorkspaceId
+Text = Annotated[str, Field(max_length=L.MAX_FIELD_CHARS)]
+# RFC 9110 token: what a header name may be; anything else could split or smuggle a header.
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters except tab
+SECRET_HEADER_NAMES = {"authorization", "dd-api-key", "x-api-key", "proxy-authorization", "cookie"}
+
+
+def _url_size(v: str | None) -> str | None:
+    if v is not None and len(v.encode()) > L.MAX_URL_BYTES:
+        raise ValueError(L.too_big("url", len(v.encode()), L.MAX_URL_BYTES))
+    return v
+
+
+def _header_name(name: str) -> None:
+    if len(name.encode()) > L.MAX_HEADER_NAME_BYTES:
+        raise ValueError(L.too_big(f"header name {name[:40]!r}...", len(name.encode()), L.MAX_HEADER_NAME_BYTES))
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"header name {name[:64]!r} is not a valid HTTP header name")
 
 
 class Strict(BaseModel):
@@ -22,17 +44,32 @@ class Strict(BaseModel):
 class Encrypted(Strict):
     """A secret encrypted with the deployment's key (AES-256-GCM), see streamer/settings/secrets.py."""
 
-    enc: Annotated[str, Field(pattern=r"^v1:[A-Za-z0-9_.-]+:[A-Za-z0-9_=-]+$")]
+    enc: Annotated[str, Field(max_length=L.MAX_SECRET_ENVELOPE_CHARS, pattern=r"^v[12]:[A-Za-z0-9_.-]+:[A-Za-z0-9_=-]+$")]
 
 
 class S3Destination(Strict):
     type: Literal["s3"] = "s3"
-    bucket: Annotated[str, Field(min_length=3, max_length=63)]
-    region: str = "us-east-1"
-    prefix: str = ""
+    bucket: Annotated[str, Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")]
+    region: Annotated[str, Field(max_length=64, pattern=r"^[a-z0-9-]+$")] = "us-east-1"
+    prefix: Text = Field(default="", description="Folders before every key: '/'-separated segments of "
+                                                  "A-Z a-z 0-9 _ . - (no '.' or '..' segment).")
     endpoint_url: str | None = Field(default=None, description="For S3-compatible stores.")
-    access_key_id: str | None = Field(default=None, description="None: the deployment's default AWS credentials.")
+    access_key_id: Annotated[str, Field(max_length=256)] | None = Field(
+        default=None, description="None: the deployment's default AWS credentials.")
     secret_access_key: Encrypted | None = None
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        reason = unsafe_prefix(v)
+        if reason:
+            raise ValueError(reason)
+        return v
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_size(cls, v: str | None) -> str | None:
+        return _url_size(v)
 
 
 Provider = Literal["generic", "sumo", "datadog", "splunk"]
@@ -41,7 +78,7 @@ Provider = Literal["generic", "sumo", "datadog", "splunk"]
 class HttpDestination(Strict):
     type: Literal["http"] = "http"
     provider: Provider = "generic"
-    url: Annotated[str, Field(min_length=8, max_length=2048)]
+    url: Annotated[str, Field(min_length=8)]
     headers: dict[str, str] = Field(default_factory=dict, description="Plain, non-secret headers.")
     secret_headers: dict[str, Encrypted] = Field(default_factory=dict,
                                                  description="Headers whose values are secrets (e.g. Authorization).")
@@ -49,26 +86,58 @@ class HttpDestination(Strict):
     token: Encrypted | None = Field(default=None, description="Splunk HEC token.")
     gzip: bool = False
     # Provider-specific fields; each provider reads only its own.
-    ddsource: str = "workato"
-    service: str = "audit-log"
-    ddtags: str = ""
-    hostname: str = ""
-    index: str | None = None
-    source: str | None = None
-    sourcetype: str = "_json"
-    host: str | None = None
-    sumo_category: str | None = None
-    sumo_name: str | None = None
-    sumo_host: str | None = None
-    sumo_fields: str | None = None
+    ddsource: Text = "workato"
+    service: Text = "audit-log"
+    ddtags: Text = ""
+    hostname: Text = ""
+    index: Text | None = None
+    source: Text | None = None
+    sourcetype: Text = "_json"
+    host: Text | None = None
+    sumo_category: Text | None = None
+    sumo_name: Text | None = None
+    sumo_host: Text | None = None
+    sumo_fields: Text | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _url_size(v)
 
     @field_validator("headers")
     @classmethod
     def _plain_headers(cls, v: dict[str, str]) -> dict[str, str]:
-        for name in v:
-            if name.lower() in {"authorization", "dd-api-key", "x-api-key", "proxy-authorization", "cookie"}:
+        for name, value in v.items():
+            _header_name(name)
+            if name.lower() in SECRET_HEADER_NAMES:
                 raise ValueError(f"header '{name}' carries a secret: put it in secret_headers, encrypted")
+            if len(value.encode()) > L.MAX_HEADER_VALUE_BYTES:
+                raise ValueError(L.too_big(f"header '{name}' value", len(value.encode()), L.MAX_HEADER_VALUE_BYTES))
+            if _CTL.search(value):
+                raise ValueError(f"header '{name}' value contains a control character")
         return v
+
+    @field_validator("secret_headers")
+    @classmethod
+    def _secret_header_names(cls, v: dict[str, Encrypted]) -> dict[str, Encrypted]:
+        for name in v:
+            _header_name(name)
+        return v
+
+    @field_validator("sumo_category", "sumo_name", "sumo_host", "sumo_fields")
+    @classmethod
+    def _sumo_header_values(cls, v: str | None) -> str | None:
+        # Sent as X-Sumo-* headers: a line break would add a header of the tenant's choosing.
+        if v is not None and _CTL.search(v):
+            raise ValueError("contains a control character (it is sent as a header)")
+        return v
+
+    @model_validator(mode="after")
+    def _header_count(self) -> "HttpDestination":
+        count = len(self.headers) + len(self.secret_headers)
+        if count > L.MAX_HEADERS:
+            raise ValueError(L.too_big("headers and secret_headers together", count, L.MAX_HEADERS, "headers"))
+        return self
 
 
 Destination = Annotated[Union[S3Destination, HttpDestination], Field(discriminator="type")]
@@ -80,15 +149,23 @@ class Configuration(Strict):
     enabled: bool = True
     jobs: Literal["off", "status", "details"] = "status"
     user_activity: bool = True
-    template: str | None = Field(default=None, description="Custom message template (spec section 3).")
+    template: str | None = Field(default=None, description="Custom message template (spec section 3), "
+                                                           "at most 64 KiB.")
     destination: Destination
+
+    @field_validator("template")
+    @classmethod
+    def _template_size(cls, v: str | None) -> str | None:
+        if v is not None and len(v.encode()) > L.MAX_TEMPLATE_BYTES:
+            raise ValueError(L.too_big("template", len(v.encode()), L.MAX_TEMPLATE_BYTES))
+        return v
 
 
 class Registration(Strict):
     workspace_id: WorkspaceId
     partner_id: PartnerId
     role: Literal["customer", "admin"]
-    external_id: str | None = None
+    external_id: Text | None = None
 
 
 class _Command(Strict):
@@ -104,7 +181,7 @@ class RegisterWorkspace(_Command):
     workspace_id: WorkspaceId
     partner_id: PartnerId
     role: Literal["customer", "admin"]
-    external_id: str | None = None
+    external_id: Text | None = None
 
 
 class UnregisterWorkspace(_Command):
@@ -139,8 +216,8 @@ class ReplayDeadLetters(_Command):
 
     type: Literal["replay_dead_letters"]
     workspace_id: WorkspaceId | None = None
-    destination_id: str | None = None
-    event_ids: list[str] | None = None
+    destination_id: Annotated[str, Field(max_length=200)] | None = None
+    event_ids: Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=L.MAX_EVENT_IDS)] | None = None
     since: datetime | None = Field(default=None, description="Dead-lettered at or after.")
     until: datetime | None = Field(default=None, description="Dead-lettered before.")
     max_records: int = Field(default=10_000, ge=1, le=1_000_000)
@@ -163,3 +240,5 @@ class CommandResult(Strict):
     skipped: int | None = Field(default=None, description="Matching dead letters whose workspace has no "
                                                           "destination of the same type now (replay only).")
     processed_at: datetime
+    offset: int | None = Field(default=None, description="Offset of the command's record on the commands topic: "
+                                                         "every record gets exactly one result.")

@@ -1,10 +1,17 @@
 """Applies settings commands: decide (pure), write the table row, wait until it is in force
 here, then publish the result. One worker at a time runs this (the commands topic has one
 partition), so commands apply in one total order.
+
+Every record on the commands topic gets exactly one result, however broken it is: a
+command that makes anything here raise is answered as rejected with the exception as the
+reason, never retried, because a record that is retried forever would stop every later
+command (and so every tenant's settings changes). Only cancellation propagates; a broker
+that does not take a record is the injected `send`'s business (it retries by itself).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -12,9 +19,13 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 
-from streamer.dlq import read_dead_letters
-from streamer.settings.rules import Decision, Policy, cutoff, decide
+from streamer.dlq import iter_dead_letters
+
+REPLAY_CHUNK = 500  # dead letters sent per durable send during a replay
+REPLAY_CHUNK_BYTES = 32 * 1024 * 1024
+from streamer.settings.rules import Decision, Policy, authenticate, command_id_of, cutoff, decide
 from streamer.settings.secrets import redact
+from streamer.settings.state import SeenCommand
 from streamer.settings.urls import resolve_hosts, urls_in
 from streamer.settings.view import SettingsView
 from streamer.sinks.base import Delivery
@@ -41,29 +52,74 @@ class SettingsProcessor:
         self.view, self.send, self.policy = view, send, policy
         self.table_topic, self.results_topic = table_topic, results_topic
         self.replay = replay
+        self._clock_ms: int | None = None  # the latest command record time seen (see _record_time)
 
-    async def handle(self, raw: bytes | None, offset: int) -> dict[str, Any]:
-        await self.view.caught_up()
-        now = datetime.now(timezone.utc)
-        resolved = None
-        if not self.policy.allow_private_destinations:
-            try:
-                resolved = await resolve_hosts(urls_in(orjson.loads(raw or b"null")))
-            except orjson.JSONDecodeError:
-                resolved = {}  # decide() words the rejection
-        decision = decide(self.view.state, raw or b"", offset, self.policy, now, resolved)
-        if decision.previous_result is not None:
-            result = decision.previous_result
+    async def handle(self, raw: bytes | None, offset: int, timestamp_ms: int | None = None) -> dict[str, Any]:
+        """Apply one command record and publish its one result. `timestamp_ms`: the record's
+        broker timestamp, which the command's issued_at is judged against."""
+        published = False
+        result: dict[str, Any] | None = None
+        try:
+            await self.view.caught_up()
+            now = datetime.now(timezone.utc)
+            at = self._record_time(timestamp_ms, now)
+            resolved = None
+            if not self.policy.allow_private_destinations:
+                # Looked up only for a signed, well-formed command: nobody else can make
+                # this worker resolve names (or wait on a slow resolver).
+                _cid, cmd, _reason = authenticate(raw or b"", self.policy)
+                if cmd is not None:
+                    resolved = await resolve_hosts(urls_in(cmd.model_dump(mode="json")))
+            decision = decide(self.view.state, raw or b"", offset, self.policy, at, resolved)
+            cmd_row = None
+            if decision.previous_result is not None:
+                result = decision.previous_result
+            else:
+                result, cmd_row = await self._apply(decision, offset, now)
+            await self._publish(decision.command_id, result, cmd_row)
+            published = True
+            await self._expire_seen(at)
+            return result
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.error("settings command at offset %d could not be processed", offset, exc_info=True,
+                      extra={"offset": offset})
+            if published:
+                return result
+            result = {"command_id": _command_id(raw), "status": "rejected",
+                      "reason": f"command could not be processed: {type(e).__name__}: {e}"[:1000],
+                      "warning": None, "settings_version": max(self.view.state.version, 0),
+                      "processed_at": datetime.now(timezone.utc).isoformat(), "offset": offset}
+            await self._publish(result["command_id"], result)
+            return result
+
+    def _record_time(self, timestamp_ms: int | None, now: datetime) -> datetime:
+        """The time a command is judged fresh against: its record's broker timestamp (the
+        commands topic appends with LogAppendTime), never later than this worker's clock and
+        never earlier than a record time already seen here (record times only move forward;
+        a record claiming an older one, possible where the topic keeps producers' CreateTime,
+        cannot pass an old command off as fresh)."""
+        if timestamp_ms is None:
+            return now
+        ms = min(int(timestamp_ms), int(now.timestamp() * 1000))
+        if self._clock_ms is not None:
+            ms = max(ms, self._clock_ms)
+        self._clock_ms = ms
+        return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+    async def _publish(self, command_id: str, result: dict[str, Any], cmd_row: bytes | None = None) -> None:
+        publish = self.send(self.results_topic, command_id.encode(), orjson.dumps(result))
+        if cmd_row is None:
+            await publish
         else:
-            result = await self._apply(decision, offset, now)
-        await self.send(self.results_topic, decision.command_id.encode(), orjson.dumps(result))
+            await asyncio.gather(self.send(self.table_topic, f"cmd/{command_id}".encode(), cmd_row), publish)
         log.info("settings command %s %s%s", result["command_id"], result["status"],
                  f": {result['reason']}" if result.get("reason") else "",
                  extra={"command_id": result["command_id"], "status": result["status"]})
-        await self._expire_seen(now)
-        return result
 
-    async def _apply(self, d: Decision, offset: int, now: datetime) -> dict[str, Any]:
+    async def _apply(self, d: Decision, offset: int, now: datetime) -> tuple[dict[str, Any], bytes | None]:
+        """(result, the `cmd/<id>` row still to be written with the result, or None)."""
         version = None
         last = None
         if d.row_key is not None and not d.already_applied:
@@ -71,16 +127,23 @@ class SettingsProcessor:
             version = last = md.offset
         result = {"command_id": d.command_id, "status": d.status, "reason": d.reason, "warning": d.warning,
                   "settings_version": version if version is not None else max(self.view.state.version, 0),
-                  "processed_at": now.isoformat()}
+                  "processed_at": now.isoformat(), "offset": offset}
         if d.replay is not None and not d.already_applied:
             result["replayed"], result["skipped"] = await self._replay(d.replay)
         if d.issued_at is not None:  # authentic: remember it, so a replay is refused
-            row = {"offset": offset, "issued_at": d.issued_at.isoformat(), "result": redact(result)}
-            md = await self.send(self.table_topic, f"cmd/{d.command_id}".encode(), orjson.dumps(row))
+            row = orjson.dumps({"offset": offset, "issued_at": d.issued_at.isoformat(), "result": redact(result)})
+            if last is None:
+                # Nothing changed but the seen ids: noted here at once (the view applies the
+                # same row again when it reads it), and the row goes out with the result, in
+                # one producer round instead of two. A crash between the two re-processes the
+                # record, which decides the same again: nothing else ran in between.
+                self.view.state.seen[d.command_id] = SeenCommand(offset, d.issued_at, redact(result))
+                return result, row
+            md = await self.send(self.table_topic, f"cmd/{d.command_id}".encode(), row)
             last = md.offset
         if last is not None:
             await self.view.wait_for(last)  # in force on this worker before anyone hears of it
-        return result
+        return result, None
 
     async def _replay(self, cmd) -> tuple[int, int]:
         """Send matching dead letters to the workspace's current destination of the same type.
@@ -91,12 +154,17 @@ class SettingsProcessor:
         """
         if self.replay is None:
             return 0, 0
-        letters = await read_dead_letters(self.replay.bootstrap_servers, self.replay.dead_letter_topic,
-                                          limit=cmd.max_records, workspace_id=cmd.workspace_id,
-                                          destination_id=cmd.destination_id, event_ids=cmd.event_ids,
-                                          since=cmd.since, until=cmd.until)
-        out, skipped = [], 0
-        for letter in letters:
+        letters = iter_dead_letters(self.replay.bootstrap_servers, self.replay.dead_letter_topic,
+                                    limit=cmd.max_records, workspace_id=cmd.workspace_id,
+                                    destination_id=cmd.destination_id, event_ids=cmd.event_ids,
+                                    since=cmd.since, until=cmd.until)
+        # Streamed and sent in chunks: a replay of a million letters never holds them all.
+        out: list = []
+        pending_bytes = replayed = skipped = 0
+        async for letter in letters:
+            if "truncated" in letter.headers:  # a cut-down copy: its message is not whole
+                skipped += 1
+                continue
             d = Delivery.from_record(letter.key, letter.value, list(letter.headers.items()))
             kind = letter.headers.get("type", b"http").decode()
             route = self.view.state.effective(d.workspace_id)
@@ -107,13 +175,29 @@ class SettingsProcessor:
             d.attempts, d.first_attempt_ms = 0, 0
             d.errors.append(f"replayed by command {cmd.command_id}")
             out.append((self.replay.delivery_topics[kind], d.destination_id.encode(), d.message, d.headers()))
+            pending_bytes += len(d.message)
+            if len(out) >= REPLAY_CHUNK or pending_bytes >= REPLAY_CHUNK_BYTES:
+                await self.replay.send_many(out)
+                replayed += len(out)
+                out, pending_bytes = [], 0
         if out:
             await self.replay.send_many(out)
-        log.info("replayed %d dead letters, skipped %d", len(out), skipped, extra={"command_id": cmd.command_id})
-        return len(out), skipped
+            replayed += len(out)
+        log.info("replayed %d dead letters, skipped %d", replayed, skipped, extra={"command_id": cmd.command_id})
+        return replayed, skipped
 
     async def _expire_seen(self, now: datetime) -> None:
-        expired = [cid for cid, s in self.view.state.seen.items() if s.issued_at < cutoff(now, self.policy)]
+        """Forget command ids issued before twice the window, by record time: a later record
+        carrying one of them is refused as stale by then, so it cannot be replayed."""
+        before = cutoff(now, self.policy)
+        expired = [cid for cid, s in self.view.state.seen.items() if s.issued_at < before]
         for cid in expired[:100]:
             self.view.state.seen.pop(cid, None)
             await self.send(self.table_topic, f"cmd/{cid}".encode(), None)
+
+
+def _command_id(raw: bytes | None) -> str:
+    try:
+        return command_id_of(orjson.loads(raw or b"null"))
+    except orjson.JSONDecodeError:
+        return "unknown"

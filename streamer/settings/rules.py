@@ -1,7 +1,9 @@
 """Deciding a settings command: pure, given the current state. No I/O, so every rule is unit tested.
 
-The order of checks matters for security: the signature is verified on the raw JSON before
-anything else is trusted, then the model, then freshness and replay, then the rules.
+The order of checks matters for security: the size of the raw command, then the signature,
+verified on the raw JSON before anything else is trusted or looked at, then the model, then
+freshness and replay, then the rules. `authenticate` runs the first three; the processor
+uses it to look up destination hosts only for commands that are signed and well formed.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from streamer.settings import secrets, signing
+from streamer.settings import limits, secrets, signing
 from streamer.settings.model import (Command, Configuration, DeletePartnerConfig, DeleteWorkspaceConfig,
                                      HttpDestination, PutPartnerConfig, PutWorkspaceConfig, RegisterWorkspace, ReplayDeadLetters,
                                      Registration, S3Destination, UnregisterWorkspace)
@@ -50,20 +52,28 @@ def _reject(command_id: str, reason: str, issued_at: datetime | None = None) -> 
     return Decision(command_id, "rejected", reason=reason, issued_at=issued_at)
 
 
+_TAGS = {"register_workspace", "unregister_workspace", "put_partner_config", "delete_partner_config",
+         "put_workspace_config", "delete_workspace_config", "replay_dead_letters", "http", "s3"}
+
+
 def _field_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
+    # Union tags (the command type, the destination type) are pydantic's path, not the field's.
+    loc = ".".join(str(p) for i, p in enumerate(first["loc"])
+                   if not (p in _TAGS and (i == 0 or first["loc"][i - 1] == "destination")))
     return f"field '{loc}': {first['msg']}" if loc else first["msg"]
 
 
-def check_configuration(config: Configuration, policy: Policy,
+def check_configuration(config: Configuration, policy: Policy, scope: str,
                         resolved: dict[str, list[str]] | None = None) -> tuple[str | None, str | None]:
-    """(reason to reject, warning)."""
-    for envelope in secrets.find_envelopes(config.model_dump(mode="json")):
+    """(reason to reject, warning). `scope`: `ws/<id>` or `partner/<id>`, which the secrets must be bound to."""
+    for field, envelope in secrets.find_envelopes(config.model_dump(mode="json")):
         try:
-            secrets.decrypt(envelope, policy.encryption_keys)
+            plaintext = secrets.decrypt(envelope, policy.encryption_keys, scope, field, allow_v1=False)
         except secrets.SecretError as e:
             return str(e), None
+        if len(plaintext.encode()) > limits.MAX_HEADER_VALUE_BYTES:
+            return limits.too_big(f"secret {field}", len(plaintext.encode()), limits.MAX_HEADER_VALUE_BYTES), None
     dest = config.destination
     if isinstance(dest, HttpDestination):
         reason = check_url(dest.url, policy.allow_private_destinations, resolved)
@@ -84,29 +94,71 @@ def check_configuration(config: Configuration, policy: Policy,
     return None, warning
 
 
-def decide(state: SettingsState, raw: bytes, offset: int, policy: Policy, now: datetime,
-           resolved: dict[str, list[str]] | None = None) -> Decision:
-    """`resolved`: the destination hosts' addresses, looked up by the caller (no I/O here)."""
+def command_id_of(body: Any) -> str:
+    """The id a result is published under: the command's own when it has a usable one."""
+    cid = body.get("command_id") if isinstance(body, dict) else None
+    return cid[:128] if isinstance(cid, str) and cid else "unknown"
+
+
+def authenticate(raw: bytes, policy: Policy, verify_signature: bool = True) -> tuple[str, Command | None, str | None]:
+    """(command id, command, None) for a signed, well-formed command, else (command id, None, reason).
+
+    Size first (nothing bigger is even parsed), then the signature over the raw JSON, then
+    the model: nothing in an unsigned command is looked at beyond its id."""
+    if len(raw) > limits.MAX_COMMAND_BYTES:
+        return "unknown", None, limits.too_big("command", len(raw), limits.MAX_COMMAND_BYTES)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
-        return _reject("unknown", f"command is not valid JSON: {e}")
+        return "unknown", None, f"command is not valid JSON: {e}"
     if not isinstance(body, dict):
-        return _reject("unknown", "command is not a JSON object")
-    command_id = str(body.get("command_id") or "unknown")[:128]
-    bad_signature = signing.verify(body, policy.signing_keys)
-    if bad_signature:
-        return _reject(command_id, bad_signature)
+        return "unknown", None, "command is not a JSON object"
+    command_id = command_id_of(body)
+    if verify_signature:
+        bad_signature = signing.verify(body, policy.signing_keys)
+        if bad_signature:
+            return command_id, None, bad_signature
     try:
         cmd = _COMMAND.validate_python(body)
     except ValidationError as e:
-        return _reject(command_id, f"malformed command: {_field_error(e)}")
+        return command_id, None, f"malformed command: {_field_error(e)}"
     if cmd.issued_at.tzinfo is None:
-        return _reject(command_id, "issued_at must carry a UTC offset")
+        return command_id, None, "issued_at must carry a UTC offset"
+    return command_id, cmd, None
+
+
+def scope_of(cmd: Command) -> str | None:
+    if isinstance(cmd, PutWorkspaceConfig):
+        return f"ws/{cmd.workspace_id}"
+    if isinstance(cmd, PutPartnerConfig):
+        return f"partner/{cmd.partner_id}"
+    return None
+
+
+def check_standalone(cmd: Command, policy: Policy, resolved: dict[str, list[str]] | None = None) -> str | None:
+    """The checks that need no settings state: what the admin CLI runs before producing
+    (with the worker's rules, so a command it lets through is refused by the worker only
+    for a state rule, such as a workspace that is not registered)."""
+    config = getattr(cmd, "config", None)
+    if config is None:
+        return None
+    reason, _warning = check_configuration(config, policy, scope_of(cmd), resolved)
+    return reason
+
+
+def decide(state: SettingsState, raw: bytes, offset: int, policy: Policy, now: datetime,
+           resolved: dict[str, list[str]] | None = None) -> Decision:
+    """`resolved`: the destination hosts' addresses, looked up by the caller (no I/O here).
+    `now`: the time freshness is judged against, the broker timestamp of the command's
+    record (see SettingsProcessor.handle), so a queue on the commands topic does not age
+    the commands waiting in it."""
+    command_id, cmd, reason = authenticate(raw, policy)
+    if cmd is None:
+        return _reject(command_id, reason)
     age = (now - cmd.issued_at).total_seconds()
     if abs(age) > policy.command_max_age_s:
-        return _reject(command_id, f"issued_at is {age:.0f}s from now, outside the allowed window of "
-                                   f"{policy.command_max_age_s:.0f}s")
+        return _reject(command_id, f"issued_at is {age:.0f}s from the command's record time, outside the "
+                                   f"allowed window of {policy.command_max_age_s:.0f}s")
     seen = state.seen.get(cmd.command_id)
     if seen is not None:
         if seen.offset == offset:  # the same record again after a crash: answer as before
@@ -150,7 +202,7 @@ def _rules(state: SettingsState, cmd, policy: Policy, resolved: dict[str, list[s
             return _reject(cid, f"partner {reg.partner_id} has partner-wide streaming enabled "
                                 f"(stream all customers), which overrides workspace settings; "
                                 f"disable it first")
-        reason, warning = check_configuration(cmd.config, policy, resolved)
+        reason, warning = check_configuration(cmd.config, policy, f"ws/{cmd.workspace_id}", resolved)
         if reason:
             return _reject(cid, reason)
         return _accept(cid, f"ws/{cmd.workspace_id}", {"registration": reg.model_dump(mode="json"),
@@ -161,7 +213,7 @@ def _rules(state: SettingsState, cmd, policy: Policy, resolved: dict[str, list[s
             return _reject(cid, f"workspace {cmd.workspace_id} has no configuration")
         return _accept(cid, f"ws/{cmd.workspace_id}", {"registration": _dump(entry.registration), "config": None})
     if isinstance(cmd, PutPartnerConfig):
-        reason, warning = check_configuration(cmd.config, policy, resolved)
+        reason, warning = check_configuration(cmd.config, policy, f"partner/{cmd.partner_id}", resolved)
         if reason:
             return _reject(cid, reason)
         return _accept(cid, f"partner/{cmd.partner_id}", {"config": _dump(cmd.config)}, warning)

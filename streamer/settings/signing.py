@@ -35,7 +35,10 @@ def verify(command: dict[str, Any], keys: dict[str, bytes]) -> str | None:
         return "command is not signed (no signature)"
     if not isinstance(key_id, str) or key_id not in keys:
         return f"unknown signing key id {str(key_id)[:64]!r}"
-    expected = sign(command, keys[key_id])
+    try:
+        expected = sign(command, keys[key_id])
+    except (orjson.JSONEncodeError, TypeError) as e:  # nested deeper than orjson writes (255 levels)
+        return f"command has no canonical form to verify: {e}"
     if not hmac.compare_digest(expected, signature):
         return f"signature does not match (key id {key_id!r})"
     return None

@@ -1,8 +1,14 @@
-"""SSRF guard for REST destinations (spec section 7).
+"""SSRF guard for REST destinations and S3 endpoints (spec section 7).
 
 Checked when a configuration is accepted (so the admin hears about it), and again at
-connect time by the sink's resolver (so a DNS answer that changes later cannot point a
+connect time by the sinks' resolvers (so a DNS answer that changes later cannot point a
 tenant's destination at the cluster's internal network).
+
+Only globally routable unicast addresses are allowed (`ipaddress`' `is_global`): that
+excludes private, loopback, link-local, RFC 6598 shared space (100.64/10, where clouds put
+metadata services), benchmarking, documentation, reserved and multicast space. IPv6
+addresses that carry an IPv4 address (IPv4-mapped, 6to4, NAT64 64:ff9b::/96, Teredo) are
+judged by that IPv4 address too.
 """
 
 from __future__ import annotations
@@ -14,13 +20,62 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _embedded_ipv4(addr: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    out = []
+    if addr.ipv4_mapped:
+        out.append(addr.ipv4_mapped)
+    if addr.sixtofour:
+        out.append(addr.sixtofour)
+    if addr.teredo:
+        out.extend(addr.teredo)
+    if addr in _NAT64:
+        out.append(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
+    return out
+
+
+def address_problem(ip: str) -> str | None:
+    """None when `ip` is a globally routable unicast address, else what it is."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return "not an IP address"
+    candidates = [addr]
+    if isinstance(addr, ipaddress.IPv6Address):
+        candidates = _embedded_ipv4(addr) + candidates  # named by what it points at
+    for a in candidates:
+        for kind, test in (("unspecified", a.is_unspecified), ("loopback", a.is_loopback),
+                           ("link-local", a.is_link_local), ("multicast", a.is_multicast),
+                           ("shared address space (RFC 6598)", a in _SHARED),
+                           ("private", a.is_private), ("reserved", a.is_reserved),
+                           ("site-local", getattr(a, "is_site_local", False))):
+            if test:
+                return kind
+        if not a.is_global:
+            return "not globally routable"
+    return None
+
+
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
+
+
 def address_allowed(ip: str) -> bool:
-    addr = ipaddress.ip_address(ip)
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    blocked = (addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_multicast
-               or addr.is_reserved or addr.is_unspecified or getattr(addr, "is_site_local", False))
-    return not blocked
+    return address_problem(ip) is None
+
+
+def literal_problem(url: str) -> str | None:
+    """For a URL whose host is an IP literal (which no resolver sees), why it is refused."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return "url is malformed"
+    if host and _is_ip(host):
+        problem = address_problem(host)
+        if problem:
+            return f"url host {host} is not a globally routable address ({problem})"
+    return None
 
 
 def check_url(url: str, allow_private: bool, resolved: dict[str, list[str]] | None = None) -> str | None:
@@ -56,14 +111,16 @@ def check_url(url: str, allow_private: bool, resolved: dict[str, list[str]] | No
     if not ips:
         return f"url host {host!r} does not resolve"
     for ip in ips:
-        if not address_allowed(ip):
-            return f"url host {host!r} resolves to a private, loopback or link-local address ({ip})"
+        problem = address_problem(ip)
+        if problem:
+            return f"url host {host!r} resolves to {ip}, which is not a globally routable address ({problem})"
     return None
 
 
 def urls_in(command: Any) -> list[str]:
-    """The destination URLs a command carries (REST url, S3 endpoint_url)."""
-    dest = (command.get("config") or {}).get("destination") if isinstance(command, dict) else None
+    """The destination URLs a command carries (REST url, S3 endpoint_url); [] for anything malformed."""
+    config = command.get("config") if isinstance(command, dict) else None
+    dest = config.get("destination") if isinstance(config, dict) else None
     if not isinstance(dest, dict):
         return []
     return [u for u in (dest.get("url"), dest.get("endpoint_url")) if isinstance(u, str)]

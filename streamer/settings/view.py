@@ -105,6 +105,16 @@ class SettingsView:
         await asyncio.wait_for(reached(), timeout)
 
     async def caught_up(self, timeout: float = 30.0) -> None:
-        end = await self.end_offset()
+        """Wait until every row the table had when the last fetch answered is applied.
+
+        The high watermark of the view's own last fetch (at most one long poll, 50 ms, old)
+        rather than a ListOffsets request: that request queues behind the pending fetch on
+        the same connection and cost every settings command about 50 ms. Rows this worker
+        writes are waited for explicitly (`wait_for`); rows of the previous owner of the
+        commands partition were written before the rebalance that moved it here, which
+        takes far longer than one poll."""
+        end = self._consumer.highwater(self._tp)
+        if end is None:
+            end = await self.end_offset()
         if end > 0:
             await self.wait_for(end - 1, timeout)

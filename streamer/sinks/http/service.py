@@ -2,12 +2,17 @@
 
 Retries are not done here: the engine decides (in-line backoff, the retry topic, or a dead
 letter), so every attempt is counted and the partition never blocks on one destination.
+
+Every error text leaves this module with the destination's own decrypted secrets replaced
+by `***`: a provider may echo a key in its answer (Datadog: `API key <key> is not valid`),
+and error texts go to logs, retry and dead-letter headers and `streamer dlq`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import socket
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -19,19 +24,21 @@ import orjson
 from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
 
-from streamer.settings.secrets import decrypt
-from streamer.settings.urls import address_allowed
+from streamer.settings.secrets import decrypt, redact_text, scope_of_destination
+from streamer.settings.urls import address_allowed, literal_problem
 from streamer.sinks.base import DELIVERED, Delivery, Outcome
 from streamer.sinks.http import datadog, generic, splunk, sumo
 from streamer.sinks.http.request import retry_after_seconds
 
+log = logging.getLogger(__name__)
 OFF_LOOP_BYTES = 256 * 1024  # a batch this large is encoded (escaped, gzipped) in a thread
 PROVIDERS = {"generic": generic, "sumo": sumo, "datadog": datadog, "splunk": splunk}
 DEFAULT_PATHS = {"datadog": "/api/v2/logs", "splunk": "/services/collector/event"}
 
 
 class PublicOnlyResolver(AbstractResolver):
-    """Refuses private, loopback and link-local answers at connect time (DNS rebinding)."""
+    """Refuses answers that are not globally routable at connect time (DNS rebinding).
+    aiohttp does not ask a resolver about IP literals: `literal_problem` covers those."""
 
     def __init__(self) -> None:
         self._inner = DefaultResolver()
@@ -40,7 +47,7 @@ class PublicOnlyResolver(AbstractResolver):
         answers = await self._inner.resolve(host, port, family)
         allowed = [a for a in answers if address_allowed(a["host"])]
         if not allowed:
-            raise OSError(f"destination host {host!r} resolves only to private addresses")
+            raise OSError(f"destination host {host!r} resolves only to addresses that are not globally routable")
         return allowed
 
     async def close(self) -> None:
@@ -56,15 +63,23 @@ def endpoint(dest: dict[str, Any]) -> str:
     return url
 
 
-def auth_headers(dest: dict[str, Any], keys: dict[str, bytes]) -> dict[str, str]:
+def auth_headers(dest: dict[str, Any], keys: dict[str, bytes], scope: str) -> tuple[dict[str, str], list[str]]:
+    """(request headers, the decrypted secrets): secrets are bound to their scope and field."""
     headers = dict(dest.get("headers") or {})
+    secrets: list[str] = []
     for name, env in (dest.get("secret_headers") or {}).items():
-        headers[name] = decrypt(env["enc"], keys)
+        headers[name] = decrypt(env["enc"], keys, scope, f"destination.secret_headers.{name}")
+        secrets.append(headers[name])
     if dest.get("provider") == "datadog" and dest.get("api_key"):
-        headers["DD-API-KEY"] = decrypt(dest["api_key"]["enc"], keys)
+        headers["DD-API-KEY"] = decrypt(dest["api_key"]["enc"], keys, scope, "destination.api_key")
+        secrets.append(headers["DD-API-KEY"])
     if dest.get("provider") == "splunk" and dest.get("token"):
-        headers["Authorization"] = "Splunk " + decrypt(dest["token"]["enc"], keys)
-    return headers
+        token = decrypt(dest["token"]["enc"], keys, scope, "destination.token")
+        headers["Authorization"] = "Splunk " + token
+        secrets.append(token)
+    # A secret header like "Bearer <token>" may be echoed as the token alone.
+    secrets += [part for s in list(secrets) for part in s.split() if len(part) >= 8 and part != s]
+    return headers, secrets
 
 
 class HttpSink:
@@ -98,22 +113,41 @@ class HttpSink:
                                                   headers={"User-Agent": "streamer/0.1"})
         return self._session
 
-    def _destination(self, dest: dict[str, Any]) -> "_Destination":
-        fp = hashlib.sha256(orjson.dumps(dest, option=orjson.OPT_SORT_KEYS)).digest()
+    def _destination(self, dest: dict[str, Any], scope: str) -> "_Destination":
+        fp = hashlib.sha256(scope.encode() + orjson.dumps(dest, option=orjson.OPT_SORT_KEYS)).digest()
         found = self._destinations.get(fp)
         if found is not None:
             self._destinations.move_to_end(fp)
             return found
-        found = _Destination({**dest, "url": endpoint(dest)}, auth_headers(dest, self._keys),
-                             asyncio.Semaphore(self._concurrency))
+        url = endpoint(dest)
+        headers, secrets = auth_headers(dest, self._keys, scope)
+        found = _Destination({**dest, "url": url}, headers, asyncio.Semaphore(self._concurrency), secrets,
+                             None if self._allow_private else literal_problem(url))
         self._destinations[fp] = found
         if len(self._destinations) > self.MAX_DESTINATIONS:
             self._destinations.popitem(last=False)
         return found
 
     async def send(self, destination: dict[str, Any], deliveries: list[Delivery]) -> list[Outcome]:
-        provider = PROVIDERS[destination.get("provider", "generic")]
-        target = self._destination(destination)
+        secrets: list[str] = []
+        try:
+            target = self._destination(destination, scope_of_destination(deliveries[0].destination_id))
+            secrets = target.secrets
+            outcomes = await self._send(target, deliveries)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug or a broken destination: retryable, and no secret in the text
+            error = redact_text(f"internal error: {type(e).__name__}: {e}", secrets)[:300]
+            log.error("http sink error: %s", error)
+            return [Outcome(False, True, error)] * len(deliveries)
+        return [o if o.ok or not o.error else Outcome(o.ok, o.retryable, redact_text(o.error, secrets)[:300],
+                                                      o.retry_after)
+                for o in outcomes]
+
+    async def _send(self, target: "_Destination", deliveries: list[Delivery]) -> list[Outcome]:
+        if target.refused:  # an IP literal the guard refuses now: retrying will not change it
+            return [Outcome(False, False, f"destination refused: {target.refused}")] * len(deliveries)
+        provider = PROVIDERS[target.dest.get("provider", "generic")]
         session = self._shared_session()
         if sum(len(d.message) for d in deliveries) > OFF_LOOP_BYTES:
             # Escaping and gzip of megabytes take milliseconds to seconds of CPU: in a thread,
@@ -143,13 +177,14 @@ class HttpSink:
                 body = await resp.read()
                 if policy.success(resp.status, body):
                     return DELIVERED
-                error = f"HTTP {resp.status}: {body[:200].decode('utf-8', 'replace')}"
+                # Not cut to 200 characters here: send() redacts first, so no secret is cut in half.
+                error = f"HTTP {resp.status}: {body[:4096].decode('utf-8', 'replace')}"
                 return Outcome(False, policy.retry(resp.status), error,
                                retry_after_seconds(resp.headers.get("Retry-After")))
         except asyncio.TimeoutError:
             return Outcome(False, True, "timed out")
         except (aiohttp.ClientError, OSError) as e:
-            return Outcome(False, True, f"network error: {type(e).__name__}: {e}"[:300])
+            return Outcome(False, True, f"network error: {type(e).__name__}: {e}")
 
     async def close(self) -> None:
         if self._session is not None:
@@ -162,3 +197,5 @@ class _Destination:
     dest: dict[str, Any]  # as configured, with the provider's full endpoint URL
     headers: dict[str, str]  # plain and decrypted secret headers
     limit: asyncio.Semaphore  # concurrent requests to this destination
+    secrets: list[str]  # the decrypted secrets, redacted from every error text
+    refused: str | None = None  # why the SSRF guard refuses this URL

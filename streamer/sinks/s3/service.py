@@ -14,6 +14,13 @@ all events and one object per event, so a small fixed cap would throttle the who
 partner; the cap grows while the store keeps up and halves when it signals overload, and
 each destination has its own, so tenants stay isolated.
 
+A destination's own `endpoint_url` (an S3-compatible store chosen by the tenant) is held to
+the same SSRF guard as REST URLs at connect time: its requests go through a session whose
+resolver refuses answers that are not globally routable, and an IP literal is checked
+before the first request. The deployment's default endpoint (STREAMER_S3_ENDPOINT_URL) and
+AWS itself are the operator's choice and are not restricted. Error texts leave the sink
+with the destination's decrypted secret key redacted.
+
 Retries are not done here: the engine decides (in-line backoff, the retry topic, or a dead
 letter) from each object's outcome.
 """
@@ -35,9 +42,12 @@ from botocore.credentials import Credentials
 from botocore.exceptions import NoCredentialsError
 from yarl import URL
 
-from streamer.settings.secrets import decrypt
+from streamer.config import Config
+from streamer.settings.secrets import decrypt, redact_text, scope_of_destination
+from streamer.settings.urls import literal_problem
 from streamer.sinks.adaptive import AdaptiveLimit
 from streamer.sinks.base import Delivery, Outcome
+from streamer.sinks.http.service import PublicOnlyResolver
 from streamer.sinks.s3.request import (BIG_BODY, FATAL_CODES, classify, connection_failure, object_base_url, object_url,
                                        signed_headers_async, unexpected_failure)
 
@@ -54,7 +64,7 @@ class S3Sink:
     SLOW_S = 1.0  # a PUT of a small object answered later than this counts as overload
 
     def __init__(self, encryption_keys: dict[str, bytes], default_endpoint: str | None, concurrency: int,
-                 timeout_s: float, *, default_credentials: Any = None) -> None:
+                 timeout_s: float, *, default_credentials: Any = None, allow_private: bool | None = None) -> None:
         """`concurrency` is the most concurrent PUTs one destination may reach.
         `default_credentials` (a botocore credentials object, refreshable or not) is for
         destinations without their own keys; by default the standard AWS chain resolves it."""
@@ -68,34 +78,47 @@ class S3Sink:
         self._default_resolved = default_credentials is not None
         self._default_checked_at = 0.0
         self._default_lock = asyncio.Lock()
-        self._session: aiohttp.ClientSession | None = None
+        # None: as the deployment says (STREAMER_ALLOW_PRIVATE_DESTINATIONS).
+        self._allow_private = Config.from_env().allow_private_destinations if allow_private is None else allow_private
+        self._sessions: dict[bool, aiohttp.ClientSession] = {}  # public_only -> session
         self._slots = asyncio.Semaphore(self.POOL_LIMIT)  # PUTs in flight, all destinations together
         self._targets: OrderedDict[bytes, _Target] = OrderedDict()
 
-    def _shared_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self.POOL_LIMIT, limit_per_host=0, ttl_dns_cache=60)
+    def _shared_session(self, public_only: bool) -> aiohttp.ClientSession:
+        """The deployment's stores and AWS, or (`public_only`) tenants' own endpoints, whose
+        resolver refuses private answers."""
+        session = self._sessions.get(public_only)
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(limit=self.POOL_LIMIT, limit_per_host=0, ttl_dns_cache=60,
+                                             resolver=PublicOnlyResolver() if public_only else None)
             # No cookie jar: nothing one store sets reaches another destination's requests.
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
-                                                  cookie_jar=aiohttp.DummyCookieJar(),
-                                                  headers={"User-Agent": "streamer/0.1"})
-        return self._session
+            session = self._sessions[public_only] = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar(),
+                headers={"User-Agent": "streamer/0.1"})
+        return session
 
-    async def _target(self, dest: dict[str, Any]) -> "_Target":
-        fp = hashlib.sha256(orjson.dumps(dest, option=orjson.OPT_SORT_KEYS)).digest()
+    async def _target(self, dest: dict[str, Any], scope: str) -> "_Target":
+        fp = hashlib.sha256(scope.encode() + orjson.dumps(dest, option=orjson.OPT_SORT_KEYS)).digest()
         found = self._targets.get(fp)
         if found is not None:
             self._targets.move_to_end(fp)
             return found
         region = dest.get("region") or "us-east-1"
+        public_only = bool(dest.get("endpoint_url")) and not self._allow_private
+        if public_only:
+            refused = literal_problem(dest["endpoint_url"])
+            if refused:
+                raise _Refused(f"s3 endpoint refused: {refused}")
         endpoint = dest.get("endpoint_url") or self._default_endpoint
         # A botocore client resolves the URL (model files are read once): off the event loop.
         base = await asyncio.to_thread(object_base_url, region, endpoint, dest["bucket"])
-        own = None
+        own, secrets = None, []
         if dest.get("access_key_id"):
-            own = Credentials(dest["access_key_id"],
-                              decrypt(dest["secret_access_key"]["enc"], self._keys)).get_frozen_credentials()
-        found = _Target(base, region, own, AdaptiveLimit(self.INITIAL_CONCURRENCY, self._max_concurrency))
+            secret = decrypt(dest["secret_access_key"]["enc"], self._keys, scope, "destination.secret_access_key")
+            own = Credentials(dest["access_key_id"], secret).get_frozen_credentials()
+            secrets.append(secret)
+        found = _Target(base, region, own, AdaptiveLimit(self.INITIAL_CONCURRENCY, self._max_concurrency),
+                        public_only, secrets)
         self._targets[fp] = found
         if len(self._targets) > self.MAX_DESTINATIONS:
             self._targets.popitem(last=False)
@@ -126,8 +149,15 @@ class S3Sink:
         return self._default_credentials
 
     async def send(self, destination: dict[str, Any], deliveries: list[Delivery]) -> list[Outcome]:
-        target = await self._target(destination)
-        session = self._shared_session()
+        try:
+            target = await self._target(destination, scope_of_destination(deliveries[0].destination_id))
+        except asyncio.CancelledError:
+            raise
+        except _Refused as e:
+            return [Outcome(False, False, str(e))] * len(deliveries)
+        except Exception as e:  # a secret that does not decrypt, a bad region: retryable
+            return [unexpected_failure(e)] * len(deliveries)
+        session = self._shared_session(target.public_only)
         # Each outcome is also recorded on its delivery the moment it is known, so a group
         # the engine cuts off at its deadline parks only what was not stored.
         if len(deliveries) == 1:  # no task for a single object
@@ -166,22 +196,35 @@ class S3Sink:
             ok = outcome.ok
             # A retryable error or a slow answer: the store is busy, send less at once.
             overload = outcome.retryable or slow
-            return outcome
+            return _redacted(outcome, target.secrets)
         except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as e:
             overload = True
-            return connection_failure(e)
+            return _redacted(connection_failure(e), target.secrets)
         except asyncio.CancelledError:
             overload = True  # the engine's deadline passed with this PUT still waiting or in flight
             raise
         except Exception as e:  # e.g. no credentials found: retry, never drop
-            return unexpected_failure(e)
+            return _redacted(unexpected_failure(e), target.secrets)
         finally:
             gate.release(epoch, ok=ok, overload=overload)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
         self._targets.clear()
+
+
+def _redacted(outcome: Outcome, secrets: list[str]) -> Outcome:
+    """The destination's own secrets never leave the sink in an error text (a store may
+    echo what it was sent)."""
+    if outcome.ok or not secrets or not outcome.error:
+        return outcome
+    return Outcome(outcome.ok, outcome.retryable, redact_text(outcome.error, secrets)[:300], outcome.retry_after)
+
+
+class _Refused(Exception):
+    """The SSRF guard refuses the destination's endpoint: a configuration error, not retried."""
 
 
 @dataclass(slots=True)
@@ -190,3 +233,5 @@ class _Target:
     region: str
     credentials: Any  # the destination's own frozen keys, or None for the default chain
     limit: AdaptiveLimit  # its concurrent PUTs
+    public_only: bool  # a tenant's own endpoint: only globally routable addresses
+    secrets: list[str]  # the decrypted secrets, redacted from every error text
