@@ -261,7 +261,7 @@ engine_cfg = EngineConfig(
 
 engines = {
     "s3": DeliveryEngine("s3", S3Sink(cfg.encryption_keys, cfg.s3_endpoint_url, cfg.s3_destination_concurrency,
-                                        cfg.http_timeout_s),
+                                        cfg.http_timeout_s, allow_private=cfg.allow_private_destinations),
                          produce_all, engine_cfg, produce_durably),
     "http": DeliveryEngine("http", HttpSink(cfg.encryption_keys, cfg.allow_private_destinations,
                                             cfg.destination_concurrency, cfg.http_timeout_s),

@@ -126,6 +126,7 @@ class DurableProducer:
         self._send = send
         self.budget = ByteBudget(budget_bytes)
         self._first_delay, self._max_delay = first_delay_s, max_delay_s
+        self.last_error: BaseException | None = None
 
     async def send_all(self, records: Sequence[Record]) -> list[Any]:
         """Per record, the broker's metadata or `Refused`. Returns only when each record is one
@@ -158,8 +159,8 @@ class DurableProducer:
                 todo = sorted(failed)
                 continue
             if failed:
-                log.warning("%d of %d records not acked by the broker; resending in %.1fs",
-                            len(failed), len(todo), delay)
+                log.warning("%d of %d records not acked by the broker (%s); resending in %.1fs",
+                            len(failed), len(todo), _describe(self.last_error), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_delay)
             todo = failed
@@ -174,14 +175,14 @@ class DurableProducer:
                 raise RuntimeError(r.reason)
         return results
 
-    @staticmethod
-    def _sort(i: int, out: Any, results: list, failed: list, refused: list) -> None:
+    def _sort(self, i: int, out: Any, results: list, failed: list, refused: list) -> None:
         if isinstance(out, BaseException):
             reason = final_reason(out)
             if reason is not None:
                 refused.append((i, reason))
             else:
                 failed.append(i)
+                self.last_error = out
         else:
             results[i] = out
 
@@ -214,6 +215,14 @@ class DurableProducer:
             raise
         except Exception as e:
             return e
+
+
+def _describe(exc: BaseException | None) -> str:
+    causes = []
+    while exc is not None and len(causes) < 3:
+        causes.append(f"{type(exc).__name__}: {exc}"[:200])
+        exc = exc.__cause__
+    return " <- ".join(causes)
 
 
 async def _raise(e: Exception) -> Any:

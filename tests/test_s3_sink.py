@@ -132,7 +132,7 @@ async def test_the_gate_admits_the_allowed_number_and_wakes_waiters_in_order():
 
 def _destination(endpoint: str, bucket: str, key_id: str = "testing", secret: str = "testing", **extra) -> dict:
     return {"type": "s3", "bucket": bucket, "endpoint_url": endpoint, "access_key_id": key_id,
-            "secret_access_key": {"enc": encrypt(secret, KEYS)}, **extra}
+            "secret_access_key": {"enc": encrypt(secret, KEYS, "partner/p", "destination.secret_access_key")}, **extra}
 
 
 def _deliveries(n: int, prefix: str = "audit/") -> list[Delivery]:
@@ -155,7 +155,7 @@ async def _objects(endpoint: str, bucket: str, key_id="testing", secret="testing
 async def test_objects_land_at_their_keys_with_their_bytes_and_type(s3):
     bucket = f"sink-{uuid.uuid4().hex[:10]}"
     await make_bucket(s3, bucket)
-    sink = S3Sink(KEYS, None, 32, 10)
+    sink = S3Sink(KEYS, None, 32, 10, allow_private=True)
     try:
         items = _deliveries(60)
         outcomes = await sink.send(_destination(s3, bucket), items)
@@ -170,7 +170,7 @@ async def test_objects_land_at_their_keys_with_their_bytes_and_type(s3):
 async def test_the_default_endpoint_is_used_when_the_destination_has_none(s3):
     bucket = f"sink-{uuid.uuid4().hex[:10]}"
     await make_bucket(s3, bucket)
-    sink = S3Sink(KEYS, s3, 32, 10)
+    sink = S3Sink(KEYS, s3, 32, 10, allow_private=True)
     try:
         dest = _destination(s3, bucket)
         del dest["endpoint_url"]
@@ -181,7 +181,7 @@ async def test_the_default_endpoint_is_used_when_the_destination_has_none(s3):
 
 
 async def test_a_missing_bucket_is_permanent(s3):
-    sink = S3Sink(KEYS, None, 32, 10)
+    sink = S3Sink(KEYS, None, 32, 10, allow_private=True)
     try:
         outcomes = await sink.send(_destination(s3, f"missing-{uuid.uuid4().hex[:8]}"), _deliveries(3))
     finally:
@@ -190,7 +190,7 @@ async def test_a_missing_bucket_is_permanent(s3):
 
 
 async def test_nothing_listening_and_no_answer_are_retryable():
-    sink = S3Sink(KEYS, None, 32, 0.5)
+    sink = S3Sink(KEYS, None, 32, 0.5, allow_private=True)
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen()  # accepts connections, never answers
@@ -249,7 +249,7 @@ async def authed(tmp_path_factory):
 
 async def test_signed_requests_are_accepted_by_a_signature_checking_store(authed):
     ak, sk = authed["users"]["admin"]
-    sink = S3Sink(KEYS, None, 32, 10)
+    sink = S3Sink(KEYS, None, 32, 10, allow_private=True)
     try:
         items = _deliveries(5, prefix="own/")
         assert all(o.ok for o in await sink.send(_destination(authed["endpoint"], authed["bucket"], ak, sk), items))
@@ -266,7 +266,7 @@ async def test_wrong_credentials_are_permanent(authed, who, code):
     admin_key, _ = authed["users"]["admin"]
     key_id, secret = {"unknown key": ("AKIAUNKNOWNUNKNOWN00", "x"), "wrong secret": (admin_key, "not-the-secret"),
                       "no permission": authed["users"]["nobody"]}[who]
-    sink = S3Sink(KEYS, None, 32, 10)
+    sink = S3Sink(KEYS, None, 32, 10, allow_private=True)
     try:
         outcomes = await sink.send(_destination(authed["endpoint"], authed["bucket"], key_id, secret), _deliveries(2))
     finally:
@@ -281,7 +281,7 @@ async def test_without_own_keys_the_default_chain_is_used(authed, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ak)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", sk)
     dest = {"type": "s3", "bucket": authed["bucket"], "endpoint_url": authed["endpoint"], "prefix": "chain"}
-    sink = S3Sink(KEYS, None, 32, 10)
+    sink = S3Sink(KEYS, None, 32, 10, allow_private=True)
     try:
         assert all(o.ok for o in await sink.send(dest, _deliveries(2, prefix="chain/")))
     finally:
@@ -310,7 +310,7 @@ async def test_assumed_role_credentials_are_refreshed_before_they_are_used(authe
                "expiry_time": (datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat()}
     creds = AioRefreshableCredentials.create_from_metadata(expired, assume_role, "assume-role")
     dest = {"type": "s3", "bucket": authed["bucket"], "endpoint_url": authed["endpoint"]}
-    sink = S3Sink(KEYS, None, 32, 10, default_credentials=creds)
+    sink = S3Sink(KEYS, None, 32, 10, default_credentials=creds, allow_private=True)
     try:
         first = await sink.send(dest, _deliveries(1, prefix="role-a/"))
         second = await sink.send(dest, _deliveries(1, prefix="role-b/"))
