@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -75,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="min.insync.replicas of every topic (default STREAMER_TOPIC_MIN_INSYNC_REPLICAS,"
                         " else replication factor - 1, at least 1)")
 
+    p = sub.add_parser("config", help="print the effective configuration (secrets redacted) and check it")
+    p.add_argument("--markdown", action="store_true", help="the README's table of variables instead")
+
     p = sub.add_parser("schemas", help="write JSON Schemas to schemas/, or --check they are current")
     p.add_argument("--check", action="store_true")
     p.add_argument("--dir", default="schemas")
@@ -92,8 +96,26 @@ def main(argv: list[str] | None = None) -> None:
     add_admin_parsers(sub)
 
     args = parser.parse_args(argv)
-    if args.cmd == "worker":
+    if args.cmd == "config":
+        from streamer.config import Config, ConfigError, markdown_table
+
+        if args.markdown:
+            print(markdown_table(), end="")
+            return
+        try:
+            print(json.dumps(Config.from_env().redacted(), indent=2))
+        except ConfigError as e:
+            print(f"error: invalid configuration: {e}", file=sys.stderr)
+            sys.exit(2)
+    elif args.cmd == "worker":
         from streamer import preflight
+        from streamer.config import Config, ConfigError
+
+        try:
+            Config.from_env()  # fail at start, with every variable at fault named
+        except ConfigError as e:
+            print(f"error: invalid configuration: {e}", file=sys.stderr)
+            sys.exit(2)
 
         # Kafka must accept this worker's credentials before Faust starts (see preflight.py).
         if not preflight.run():

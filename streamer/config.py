@@ -1,23 +1,25 @@
-"""Deployment configuration, read once from the environment.
+"""Deployment configuration: one typed, validated model read from `STREAMER_*` variables.
 
-Every knob is a `STREAMER_*` variable so the same image runs under docker compose,
-Kubernetes and the tests; the README lists them all. Secrets (signing and encryption
-keys) come from the environment too, never from a topic.
+Every knob is an environment variable so the same image runs under docker compose,
+Kubernetes and the tests. pydantic-settings parses and validates them, so a typo'd number
+or a setting that contradicts another fails at start with a message naming the variable,
+instead of misbehaving later. The README's table of variables is generated from this
+model (`streamer config --markdown`; a test fails when it is stale), and `streamer config`
+prints the effective configuration with secrets redacted. Kafka's TLS/SASL settings live
+in `streamer/kafka_client.py`. Secrets (signing and encryption keys) come from the
+environment too, never from a topic.
 """
 
 from __future__ import annotations
 
 import base64
-import os
-from dataclasses import dataclass, field
+from typing import Annotated, Any
 
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"STREAMER_{name}", default)
-
-
-def _bool(name: str, default: bool) -> bool:
-    return _env(name, "1" if default else "0").strip().lower() in {"1", "true", "yes", "on"}
+MiB = 1024 * 1024
+SECRET_FIELDS = ("signing_keys", "encryption_keys")
 
 
 def parse_keyring(text: str) -> dict[str, bytes]:
@@ -31,88 +33,160 @@ def parse_keyring(text: str) -> dict[str, bytes]:
     return keys
 
 
-@dataclass(frozen=True)
-class Config:
-    bootstrap_servers: str = "127.0.0.1:9092"
-    app_id: str = "streamer"
-    topic_prefix: str = ""
-    web_host: str = "127.0.0.1"
-    web_port: int = 6066
-    data_dir: str = ".local/worker"
-    signing_keys: dict[str, bytes] = field(default_factory=dict)
-    encryption_keys: dict[str, bytes] = field(default_factory=dict)
-    allow_private_destinations: bool = False
-    command_max_age_s: float = 300.0
-    max_message_bytes: int = 40 * 1024 * 1024
-    retry_horizon_s: float = 7 * 24 * 3600.0
-    inline_retries: int = 2
-    retry_base_s: float = 0.2
-    retry_max_backoff_s: float = 300.0
-    http_timeout_s: float = 10.0
-    delivery_deadline_s: float = 5.0
-    destination_concurrency: int = 4
-    breaker_failures: int = 5
-    breaker_reset_s: float = 10.0
-    batch_max: int = 500
-    batch_linger_s: float = 0.05
-    batches_in_flight: int = 2
-    batch_max_bytes: int = 64 * 1024 * 1024
-    queue_max_bytes: int = 64 * 1024 * 1024
-    produce_max_inflight_bytes: int = 64 * 1024 * 1024
-    retry_hold_max_bytes: int = 64 * 1024 * 1024
-    liveness_stall_s: float = 300.0
-    gc_gen0_threshold: int = 50_000
-    s3_endpoint_url: str | None = None
-    s3_destination_concurrency: int = 32  # most concurrent PUTs per S3 destination (adaptive below it)
-    shutdown_grace_s: float = 20.0
-    session_timeout_s: float = 10.0
-    instance_id: str | None = None
-    topic_replication_factor: int = 1
-    topic_min_insync_replicas: int | None = None
-    log_level: str = "info"
+Keyring = Annotated[dict[str, bytes], NoDecode]
+
+
+class ConfigError(ValueError):
+    """The environment does not make a valid configuration; the message names the variables."""
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMER_", frozen=True, extra="ignore")
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka")
+    app_id: str = Field("streamer", description="Faust app id = consumer group")
+    topic_prefix: str = Field("", description="prefix of every topic name")
+    web_host: str = Field("127.0.0.1", description="`/health`, `/live`, `/ready`, `/metrics`, `/settings`")
+    web_port: int = Field(6066, ge=1, le=65535, description="port of those pages")
+    data_dir: str = Field(".local/worker", description="Faust's scratch folder")
+    signing_keys: Keyring = Field(default_factory=dict, description=(
+        "`kid:base64key,...` HMAC keys; any listed key verifies (required to apply commands)"))
+    encryption_keys: Keyring = Field(default_factory=dict, description=(
+        "`kid:base64-32-bytes,...`; the first encrypts, all decrypt (required for secrets)"))
+    allow_private_destinations: bool = Field(False, description="allow http and private addresses (tests, local dev)")
+    command_max_age_s: float = Field(300.0, gt=0, description=(
+        "issued-at window of settings commands, around their record's broker timestamp"))
+    max_message_bytes: int = Field(40 * MiB, gt=0, description="the 40 MB message limit")
+    retry_horizon_s: float = Field(7 * 24 * 3600.0, gt=0, description="after this, a failing delivery is dead-lettered")
+    inline_retries: int = Field(2, ge=0, description="quick retries before parking")
+    retry_base_s: float = Field(0.2, gt=0, description="backoff base")
+    retry_max_backoff_s: float = Field(300.0, gt=0, description="backoff cap, and the cap on `Retry-After`")
+    http_timeout_s: float = Field(5.0, gt=0, description=(
+        "per request; at most the delivery deadline, which would cut a longer request off anyway"))
+    delivery_deadline_s: float = Field(5.0, gt=0, description="a destination group not done by then is parked")
+    destination_concurrency: int = Field(4, ge=1, description="concurrent requests per REST destination")
+    breaker_failures: int = Field(5, ge=1, description="failures in a row that open a destination's breaker")
+    breaker_reset_s: float = Field(10.0, gt=0, description="how long a breaker stays open before a trial")
+    batch_max: int = Field(500, ge=1, description="events per batch")
+    batch_linger_s: float = Field(0.05, ge=0, description=(
+        "how long a batch waits to fill while the agent is busy with another"))
+    batches_in_flight: int = Field(2, ge=1, description=(
+        "batches the routing and delivery agents work on at once; acks still follow offset order"))
+    batch_max_bytes: int = Field(64 * MiB, ge=1, description=(
+        "a batch also ends at this many value bytes (40 MB events come one at a time)"))
+    queue_max_bytes: int = Field(64 * MiB, ge=1, description=(
+        "an agent's queue of fetched events is full at this many value bytes (Faust bounds it only by count)"))
+    produce_max_inflight_bytes: int = Field(64 * MiB, ge=MiB, description=(
+        "bytes handed to the producer and not yet acked; keeps every produce request under the broker's "
+        "`socket.request.max.bytes`"))
+    retry_hold_max_bytes: int = Field(64 * MiB, ge=1, description=(
+        "parked deliveries held in memory until due; past it the retry agent reads on only as they come due"))
+    liveness_stall_s: float = Field(300.0, gt=0, description="`/health` answers 503 once a batch has been in flight this long")
+    gc_gen0_threshold: int = Field(50_000, ge=0, description=(
+        "once settings are recovered the heap is frozen and young collections run this rarely "
+        "(`0`: Python's defaults); see docs/performance.md"))
+    s3_endpoint_url: str | None = Field(None, description="default S3 endpoint (MinIO, moto)")
+    s3_destination_concurrency: int = Field(32, ge=1, description=(
+        "most concurrent PUTs per S3 destination; each destination's cap adapts below it "
+        "(AIMD from 4: halves on errors, timeouts and slow answers)"))
+    shutdown_grace_s: float = Field(20.0, gt=0, description="SIGTERM grace period")
+    session_timeout_s: float = Field(10.0, gt=0, description=(
+        "consumer group session timeout (how fast a killed worker's partitions move)"))
+    instance_id: str | None = Field(None, description=(
+        "static group membership (`group.instance.id`, e.g. the pod name); see docs/deploy.md"))
+    topic_replication_factor: int = Field(1, ge=1, description="what `streamer topics apply` creates and checks")
+    topic_min_insync_replicas: int | None = Field(None, ge=1, description=(
+        "`min.insync.replicas` of the topics (default: replication factor − 1, at least 1)"))
+    log_level: str = Field("info", description="JSON logs on stdout")
+
+    @field_validator("signing_keys", "encryption_keys", mode="before")
+    @classmethod
+    def _keyring(cls, value: Any) -> Any:
+        return parse_keyring(value) if isinstance(value, str) else value
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _aes_keys(cls, value: dict[str, bytes]) -> dict[str, bytes]:
+        for kid, key in value.items():
+            if len(key) != 32:
+                raise ValueError(f"encryption key {kid!r} is {len(key)} bytes; AES-256 needs 32")
+        return value
+
+    @field_validator("s3_endpoint_url", "instance_id", "topic_min_insync_replicas", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value in ("", "0", 0) else value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in {"debug", "info", "warning", "error", "critical"}:
+            raise ValueError("must be one of debug, info, warning, error, critical")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        problems = []
+        if self.delivery_deadline_s < self.http_timeout_s:
+            problems.append(f"STREAMER_DELIVERY_DEADLINE_S ({self.delivery_deadline_s:g}) is shorter than "
+                            f"STREAMER_HTTP_TIMEOUT_S ({self.http_timeout_s:g}): every slow request would be "
+                            f"cut off by the deadline before its own timeout")
+        if self.retry_horizon_s < self.retry_max_backoff_s:
+            problems.append(f"STREAMER_RETRY_HORIZON_S ({self.retry_horizon_s:g}) is shorter than "
+                            f"STREAMER_RETRY_MAX_BACKOFF_S ({self.retry_max_backoff_s:g}): deliveries would be "
+                            f"dead-lettered before their first retry from the retry topic")
+        if self.retry_base_s > self.retry_max_backoff_s:
+            problems.append("STREAMER_RETRY_BASE_S is larger than STREAMER_RETRY_MAX_BACKOFF_S")
+        if self.max_message_bytes + MiB > 50 * MiB:
+            problems.append(f"STREAMER_MAX_MESSAGE_BYTES ({self.max_message_bytes}) leaves no room under the "
+                            f"topics' 50 MiB max.message.bytes for the delivery envelope")
+        if (self.topic_min_insync_replicas is not None
+                and self.topic_min_insync_replicas > self.topic_replication_factor):
+            problems.append("STREAMER_TOPIC_MIN_INSYNC_REPLICAS is larger than STREAMER_TOPIC_REPLICATION_FACTOR")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @classmethod
     def from_env(cls) -> "Config":
-        return cls(
-            bootstrap_servers=_env("BOOTSTRAP_SERVERS", cls.bootstrap_servers),
-            app_id=_env("APP_ID", cls.app_id),
-            topic_prefix=_env("TOPIC_PREFIX", cls.topic_prefix),
-            web_host=_env("WEB_HOST", cls.web_host),
-            web_port=int(_env("WEB_PORT", str(cls.web_port))),
-            data_dir=_env("DATA_DIR", cls.data_dir),
-            signing_keys=parse_keyring(_env("SIGNING_KEYS", "")),
-            encryption_keys=parse_keyring(_env("ENCRYPTION_KEYS", "")),
-            allow_private_destinations=_bool("ALLOW_PRIVATE_DESTINATIONS", False),
-            command_max_age_s=float(_env("COMMAND_MAX_AGE_S", str(cls.command_max_age_s))),
-            max_message_bytes=int(_env("MAX_MESSAGE_BYTES", str(cls.max_message_bytes))),
-            retry_horizon_s=float(_env("RETRY_HORIZON_S", str(cls.retry_horizon_s))),
-            inline_retries=int(_env("INLINE_RETRIES", str(cls.inline_retries))),
-            retry_base_s=float(_env("RETRY_BASE_S", str(cls.retry_base_s))),
-            retry_max_backoff_s=float(_env("RETRY_MAX_BACKOFF_S", str(cls.retry_max_backoff_s))),
-            http_timeout_s=float(_env("HTTP_TIMEOUT_S", str(cls.http_timeout_s))),
-            delivery_deadline_s=float(_env("DELIVERY_DEADLINE_S", str(cls.delivery_deadline_s))),
-            destination_concurrency=int(_env("DESTINATION_CONCURRENCY", str(cls.destination_concurrency))),
-            breaker_failures=int(_env("BREAKER_FAILURES", str(cls.breaker_failures))),
-            breaker_reset_s=float(_env("BREAKER_RESET_S", str(cls.breaker_reset_s))),
-            batch_max=int(_env("BATCH_MAX", str(cls.batch_max))),
-            batch_linger_s=float(_env("BATCH_LINGER_S", str(cls.batch_linger_s))),
-            batches_in_flight=max(1, int(_env("BATCHES_IN_FLIGHT", str(cls.batches_in_flight)))),
-            batch_max_bytes=int(_env("BATCH_MAX_BYTES", str(cls.batch_max_bytes))),
-            queue_max_bytes=int(_env("QUEUE_MAX_BYTES", str(cls.queue_max_bytes))),
-            produce_max_inflight_bytes=int(_env("PRODUCE_MAX_INFLIGHT_BYTES", str(cls.produce_max_inflight_bytes))),
-            retry_hold_max_bytes=int(_env("RETRY_HOLD_MAX_BYTES", str(cls.retry_hold_max_bytes))),
-            liveness_stall_s=float(_env("LIVENESS_STALL_S", str(cls.liveness_stall_s))),
-            gc_gen0_threshold=int(_env("GC_GEN0_THRESHOLD", str(cls.gc_gen0_threshold))),
-            s3_endpoint_url=_env("S3_ENDPOINT_URL", "") or None,
-            s3_destination_concurrency=max(1, int(_env("S3_DESTINATION_CONCURRENCY", str(cls.s3_destination_concurrency)))),
-            shutdown_grace_s=float(_env("SHUTDOWN_GRACE_S", str(cls.shutdown_grace_s))),
-            session_timeout_s=float(_env("SESSION_TIMEOUT_S", str(cls.session_timeout_s))),
-            instance_id=_env("INSTANCE_ID", "") or None,
-            topic_replication_factor=int(_env("TOPIC_REPLICATION_FACTOR", "1")),
-            topic_min_insync_replicas=int(_env("TOPIC_MIN_INSYNC_REPLICAS", "0")) or None,
-            log_level=_env("LOG_LEVEL", cls.log_level),
-        )
+        """The configuration of this process's environment, or `ConfigError` saying what
+        is wrong with it (every variable at fault, not just the first)."""
+        try:
+            return cls()
+        except ValidationError as e:
+            raise ConfigError(describe(e)) from None
 
     def topic(self, name: str) -> str:
         """The physical name of a logical topic; the prefix lets tests own their topics."""
         return f"{self.topic_prefix}{name}"
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration, secrets replaced by their key ids."""
+        out = self.model_dump(mode="json", exclude=set(SECRET_FIELDS))
+        for name in SECRET_FIELDS:
+            out[name] = {kid: "***" for kid in getattr(self, name)}
+        return out
+
+
+def describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        where = f"STREAMER_{loc.upper()}" if loc else "configuration"
+        lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+    return "; ".join(lines)
+
+
+def markdown_table() -> str:
+    """The README's table of variables, generated from the model."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, f in Config.model_fields.items():
+        default = f.get_default(call_default_factory=True)
+        if default in (None, "", {}):
+            shown = "empty"
+        elif isinstance(default, bool):
+            shown = f"`{str(default).lower()}`"
+        else:
+            shown = f"`{default:g}`" if isinstance(default, float) else f"`{default}`"
+        rows.append(f"| `STREAMER_{name.upper()}` | {shown} | {f.description} |")
+    return "\n".join(rows) + "\n"

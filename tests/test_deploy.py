@@ -57,8 +57,9 @@ def _tool(name: str) -> str:
 def _setting_names() -> set[str]:
     """Every STREAMER_* variable streamer/config.py and streamer/kafka_client.py read
     (secrets there also have a _FILE variant)."""
-    source = (ROOT / "streamer" / "config.py").read_text()
-    names = {f"STREAMER_{n}" for n in re.findall(r'_(?:env|bool)\(\s*"([A-Z0-9_]+)"', source)}
+    from streamer.config import Config
+
+    names = {f"STREAMER_{n.upper()}" for n in Config.model_fields}
     kafka = (ROOT / "streamer" / "kafka_client.py").read_text()
     names |= {f"STREAMER_{n}" for n in re.findall(r'_env\(\s*"([A-Z0-9_]+)"', kafka)}
     for n in re.findall(r'_secret\(\s*"([A-Z0-9_]+)"', kafka):

@@ -101,7 +101,7 @@ async def test_one_failing_and_one_hanging_destination_do_not_hold_up_20_healthy
     providers.faults["bad"] = Fault(statuses=[503] * 100_000)
     providers.faults["hang"] = Fault(hang_s=3600)
     healthy = {f"{500 + i}": f"ok-{i}" for i in range(20)}
-    w = worker_factory({**FAST_RETRY, "STREAMER_DELIVERY_DEADLINE_S": "1", "STREAMER_BREAKER_FAILURES": "2",
+    w = worker_factory({**FAST_RETRY, "STREAMER_DELIVERY_DEADLINE_S": "1", "STREAMER_HTTP_TIMEOUT_S": "1", "STREAMER_BREAKER_FAILURES": "2",
                         "STREAMER_BREAKER_RESET_S": "2", "STREAMER_BATCH_LINGER_S": "0.05"})
     w.wait_ready()
     await configure(env, providers, {**healthy, "598": "bad", "599": "hang"})
