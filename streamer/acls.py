@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import topics as T
+from streamer import topics as T
 
 # Kafka's wire codes (org.apache.kafka.common.resource / acl).
 RESOURCE = {"topic": 2, "group": 3, "cluster": 4}

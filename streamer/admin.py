@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-import topics as T
+from streamer import topics as T
 from streamer.kafka_client import KafkaSecurity, client_kwargs
 from streamer.settings import secrets, signing
 from streamer.settings.rules import Policy, authenticate, check_standalone

@@ -69,7 +69,7 @@ def run_dlq(args, cfg, bootstrap: str) -> int:
 
     from streamer.admin import AdminClient, CommandRefused
     from streamer.dlq import read_dead_letters
-    from topics import DEAD_LETTERS
+    from streamer.topics import DEAD_LETTERS
 
     topic = cfg.topic(DEAD_LETTERS)
     if args.action == "inspect":

@@ -22,7 +22,7 @@ import faust
 import mode
 from prometheus_client import generate_latest
 
-import topics as T
+from streamer import topics as T
 from streamer import metrics
 from streamer.batching import App, batches, overlapped
 from streamer.isolation import isolated

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
 
         prefix = args.prefix if args.prefix is not None else Config.from_env().topic_prefix
         if args.action == "list":
-            from topics import TOPICS
+            from streamer.topics import TOPICS
 
             for t in TOPICS:
                 print(f"{prefix}{t.name:40} partitions={t.partitions} {t.configs.get('cleanup.policy')}  {t.purpose}")

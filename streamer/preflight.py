@@ -19,7 +19,7 @@ import time
 
 from aiohttp import web
 
-import topics as T
+from streamer import topics as T
 from streamer.config import Config
 from streamer.kafka_client import Causes, KafkaConfigError, KafkaSecurity, explain
 

@@ -10,7 +10,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from streamer.kafka_client import KafkaSecurity, client_kwargs
-from topics import TOPICS, TopicSpec, for_environment
+from streamer.topics import TOPICS, TopicSpec, for_environment
 
 
 @dataclass
@@ -102,7 +102,7 @@ def run_apply(bootstrap_servers: str, prefix: str = "", replication_factor: int 
     """Options win over the profile, the profile over STREAMER_TOPIC_REPLICATION_FACTOR /
     STREAMER_TOPIC_MIN_INSYNC_REPLICAS."""
     from streamer.config import Config
-    from topics import PROFILES
+    from streamer.topics import PROFILES
 
     cfg = Config.from_env()
     rf, isr = PROFILES[profile] if profile else (cfg.topic_replication_factor, cfg.topic_min_insync_replicas)

@@ -49,3 +49,19 @@ def test_streamer_config_prints_the_effective_configuration_with_secrets_redacte
     shown = json.loads(done.stdout)
     assert shown["batch_max"] == 42 and shown["signing_keys"] == {"s1": "***"}
     assert KEY not in done.stdout
+
+
+def test_the_wheel_installs_only_the_streamer_package(tmp_path):
+    """No top-level `topics` (or any other) package lands in site-packages beside streamer."""
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"  # a copy: building in the checkout would leave build/ behind
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", ".cache", ".local", "tests",
+                                                              "__pycache__", "*.egg-info", "build"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"),
+                            str(src)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("streamer-*.whl")
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"streamer"}, tops

@@ -33,7 +33,7 @@ import yaml
 from kubernetes_validate.utils import schema_contents
 
 from streamer.config import parse_keyring
-from topics import RAW_TOPICS, TOPICS
+from streamer.topics import RAW_TOPICS, TOPICS
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -506,7 +506,7 @@ def test_strimzi_topics_file_is_current():
 def test_strimzi_topics_match_the_topic_definitions():
     """Strimzi is production: the prod profile's replication, so `topics apply --profile prod`
     finds no drift on the topics the Topic Operator made."""
-    from topics import PROFILES, for_environment
+    from streamer.topics import PROFILES, for_environment
 
     docs = [d for d in render("k8s/strimzi") if d["kind"] == "KafkaTopic"]
     by_name = {d["spec"]["topicName"]: d for d in docs}
@@ -825,7 +825,7 @@ def test_dockerignore_keeps_the_context_to_the_sources():
              if ln.strip() and not ln.startswith("#")]
     assert lines[0] == "*", "allow-list: ignore everything, then re-include the sources"
     included = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
-    assert {"pyproject.toml", "constraints.txt", "streamer", "topics"} <= included
+    assert {"pyproject.toml", "constraints.txt", "streamer"} <= included
     assert not included & {".venv", ".git", ".cache", "tests", ".local"}
 
 

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 from aiokafka import AIOKafkaProducer
 
-import topics as T
+from streamer import topics as T
 from streamer.admin import build_command, encrypt_secrets, read_settings
 from streamer.settings import signing
 from tests.support import ENCRYPTION_KEY, SIGNING_KEY, consume, job_event, activity_event

@@ -18,7 +18,7 @@ import time
 import orjson
 from aiokafka.partitioner import DefaultPartitioner
 
-import topics as T
+from streamer import topics as T
 from tests.providers import Fault
 from tests.support import accepted, admin_for, consume, http_config, job_event, produce, uid
 

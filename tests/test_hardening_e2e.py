@@ -12,7 +12,7 @@ import sys
 
 import orjson
 
-import topics as T
+from streamer import topics as T
 from streamer.settings import signing
 from tests.support import (SIGNING_KEY, accepted, admin_for, consume, http_config, job_event, make_bucket,
                            produce, s3_objects)

@@ -7,7 +7,7 @@ import time
 
 import orjson
 
-import topics as T
+from streamer import topics as T
 from tests.support import accepted, activity_event, admin_for, http_config, job_event, produce
 
 

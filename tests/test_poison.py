@@ -16,7 +16,7 @@ import json
 import orjson
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import topics as T
+from streamer import topics as T
 from streamer.routing import Rejection, Routed, Skip, route
 from streamer.settings.state import SettingsState
 from tests.support import accepted, admin_for, consume, http_config, job_event, produce, uid

@@ -16,7 +16,7 @@ import time
 import orjson
 import pytest
 
-import topics as T
+from streamer import topics as T
 from streamer.dev.local import Kafka, free_port
 from streamer.topics_admin import apply_topics
 from tests.providers import Fault, ProviderServer

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 
-import topics as T
+from streamer import topics as T
 from streamer.admin import build_command, read_settings
 from streamer.settings import signing
 from tests.support import (SIGNING_KEY, accepted, admin_for, consume, http_config, job_event,

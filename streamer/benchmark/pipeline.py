@@ -38,7 +38,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-import topics as T
+from streamer import topics as T
 from streamer.benchmark import workload
 from streamer.benchmark.procstat import cpu_seconds, status_kb
 from streamer.kafka_client import client_kwargs

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import orjson
 
-import topics as T
+from streamer import topics as T
 from streamer.settings.state import SettingsState
 
 # The event mix: 70% job summaries (~1 KB), 10% job details (~20 KB), 20% user activity (~1 KB).

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from streamer.events.models import _SNAKE, _UA_TIMESTAMP, MODELS
 
-from topics import JOBS_DETAILS, JOBS_SUMMARY, USER_ACTIVITY
+from streamer.topics import JOBS_DETAILS, JOBS_SUMMARY, USER_ACTIVITY
 
 KIND_BY_TOPIC = {JOBS_SUMMARY: "job_summary", JOBS_DETAILS: "job_details", USER_ACTIVITY: "user_activity"}
 
