@@ -39,7 +39,7 @@ case "$cmd" in
     exit $rc ;;
   test-long) setup; exec .venv/bin/python -m pytest -q -p no:cacheprovider -m slow "$@" ;;
   demo) setup; exec .venv/bin/streamer demo "$@" ;;
-  bench) setup; exec .venv/bin/python -m streamer.bench "$@" ;;
+  bench) setup; exec .venv/bin/python -m streamer.benchmark "$@" ;;
   up|down|status) setup; exec .venv/bin/streamer dev "$cmd" "$@" ;;
   *) sed -n '2,9p' "$0"; exit 2 ;;
 esac

@@ -52,7 +52,8 @@ def test_streamer_config_prints_the_effective_configuration_with_secrets_redacte
 
 
 def test_the_wheel_installs_only_the_streamer_package(tmp_path):
-    """No top-level `topics` (or any other) package lands in site-packages beside streamer."""
+    """No top-level `topics` (or any other) package lands in site-packages beside streamer,
+    and the benchmark is not installed."""
     import shutil
     import zipfile
 
@@ -63,5 +64,9 @@ def test_the_wheel_installs_only_the_streamer_package(tmp_path):
                             str(src)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("streamer-*.whl")
-    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"streamer"}, tops
+    # The benchmark stays in the checkout; `streamer dev` and `streamer demo` ship.
+    assert not [n for n in names if n.startswith("streamer/benchmark/")]
+    assert "streamer/dev/local.py" in names and "streamer/demo.py" in names

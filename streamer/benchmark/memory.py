@@ -1,4 +1,4 @@
-"""`python -m streamer.bench memory`: the settings view's memory and lookup cost by size.
+"""`python -m streamer.benchmark memory`: the settings view's memory and lookup cost by size.
 
 For each size, a fresh child process imports what a worker imports (Faust, aiokafka, the
 sinks), reads the settings table rows one by one from a file as a worker reads them from the

@@ -1,4 +1,4 @@
-"""`python -m streamer.bench micro`: the pure hot path in µs per event.
+"""`python -m streamer.benchmark micro`: the pure hot path in µs per event.
 
 Per event: `route()` (parse and validate, resolve the effective configuration, render the
 message and headers) and the provider's wire encoding (here Datadog, as in the pipeline

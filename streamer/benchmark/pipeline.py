@@ -1,4 +1,4 @@
-"""`python -m streamer.bench`: the pipeline against a raw aiokafka passthrough, on a real broker.
+"""`python -m streamer.benchmark`: the pipeline against a raw aiokafka passthrough, on a real broker.
 
 One invocation starts a Kafka broker (from the Maven jars in .cache/) and moto S3 on free
 loopback ports, and a Datadog-style receiver in this process. Each run then gets fresh topics

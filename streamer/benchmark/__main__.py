@@ -1,13 +1,13 @@
 """Benchmarks (docs/performance.md). Run from the repository root:
 
-  python -m streamer.bench [pipeline] [--runs 3] [--events N] [--quick]
+  python -m streamer.benchmark [pipeline] [--runs 3] [--events N] [--quick]
       a real Kafka broker and moto S3 on free ports; a raw aiokafka passthrough as the
       baseline, then real `streamer worker` subprocesses: REST (Datadog-style batches)
       throughput, p50/p99 end-to-end latency at a fixed offered rate, S3 throughput, peak
       RSS and CPU per event. Medians of the runs; JSON in bench-results/<timestamp>.json.
-  python -m streamer.bench micro      the pure hot path, µs per event
-  python -m streamer.bench memory     RSS with 100,000 workspaces, effective() at 1k vs 100k
-  python -m streamer.bench s3put      client CPU per S3 object: aiobotocore put_object vs the sink
+  python -m streamer.benchmark micro      the pure hot path, µs per event
+  python -m streamer.benchmark memory     RSS with 100,000 workspaces, effective() at 1k vs 100k
+  python -m streamer.benchmark s3put      client CPU per S3 object: aiobotocore put_object vs the sink
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, root)
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "pipeline"
-    parser = argparse.ArgumentParser(prog=f"python -m streamer.bench {command}", description=__doc__,
+    parser = argparse.ArgumentParser(prog=f"python -m streamer.benchmark {command}", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     if command == "micro":
         parser.add_argument("--events", type=int, default=3000, help="events per pass (default 3000)")
