@@ -166,15 +166,16 @@ class SettingsProcessor:
                 skipped += 1
                 continue
             d = Delivery.from_record(letter.key, letter.value, list(letter.headers.items()))
-            kind = letter.headers.get("type", b"http").decode()
+            destination_type = letter.headers.get("type", b"http").decode()
             route = self.view.state.effective(d.workspace_id)
-            if route is None or route.destination_type != kind:
+            if route is None or route.destination_type != destination_type:
                 skipped += 1
                 continue
             d.destination_id, d.destination = route.destination_id, route.destination
             d.attempts, d.first_attempt_ms = 0, 0
             d.errors.append(f"replayed by command {cmd.command_id}")
-            out.append((self.replay.delivery_topics[kind], d.destination_id.encode(), d.message, d.headers()))
+            out.append((self.replay.delivery_topics[destination_type], d.destination_id.encode(), d.message,
+                        d.headers()))
             pending_bytes += len(d.message)
             if len(out) >= REPLAY_CHUNK or pending_bytes >= REPLAY_CHUNK_BYTES:
                 await self.replay.send_many(out)
@@ -189,10 +190,8 @@ class SettingsProcessor:
     async def _expire_seen(self, now: datetime) -> None:
         """Forget command ids issued before twice the window, by record time: a later record
         carrying one of them is refused as stale by then, so it cannot be replayed."""
-        before = cutoff(now, self.policy)
-        expired = [cid for cid, s in self.view.state.seen.items() if s.issued_at < before]
-        for cid in expired[:100]:
-            self.view.state.seen.pop(cid, None)
+        # A hundred at a time: each is a durable send, and a command should not wait long.
+        for cid in self.view.state.forget_seen_before(cutoff(now, self.policy), limit=100):
             await self.send(self.table_topic, f"cmd/{cid}".encode(), None)
 
 

@@ -39,8 +39,8 @@ def _aad(scope: str, field: str) -> bytes:
 
 def scope_of_destination(destination_id: str) -> str:
     """`workspace:7` -> `ws/7`, `partner:P` -> `partner/P` (delivery keys to settings scopes)."""
-    kind, _, ident = destination_id.partition(":")
-    return f"ws/{ident}" if kind == "workspace" else f"{kind}/{ident}"
+    scope, _, ident = destination_id.partition(":")
+    return f"ws/{ident}" if scope == "workspace" else f"{scope}/{ident}"
 
 
 def encrypt(plaintext: str, keys: dict[str, bytes], scope: str, field: str) -> str:

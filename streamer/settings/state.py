@@ -168,8 +168,10 @@ class SettingsState:
         route = build_route(f"partner:{partner}", "partner", config)
         self.partners[partner] = PartnerEntry(config, route, row.get("command", {}).get("id"))
 
-    def forget_seen_before(self, cutoff: datetime) -> list[str]:
-        expired = [cid for cid, s in self.seen.items() if s.issued_at < cutoff]
+    def forget_seen_before(self, cutoff: datetime, limit: int | None = None) -> list[str]:
+        """Forget (at most `limit`) command ids issued before `cutoff`; returns them, so the
+        caller can tombstone their table rows."""
+        expired = [cid for cid, s in self.seen.items() if s.issued_at < cutoff][:limit]
         for cid in expired:
             del self.seen[cid]
         return expired
