@@ -69,6 +69,8 @@ class Config:
     instance_id: str | None = None
     topic_replication_factor: int = 1
     topic_min_insync_replicas: int | None = None
+    status_interval_s: float = 2.0  # a destination's status row is published at most this often
+    notify_min_interval_s: float = 300.0  # at most one notification per destination this often
     log_level: str = "info"
 
     @classmethod
@@ -108,6 +110,8 @@ class Config:
             shutdown_grace_s=float(_env("SHUTDOWN_GRACE_S", str(cls.shutdown_grace_s))),
             session_timeout_s=float(_env("SESSION_TIMEOUT_S", str(cls.session_timeout_s))),
             instance_id=_env("INSTANCE_ID", "") or None,
+            status_interval_s=float(_env("STATUS_INTERVAL_S", str(cls.status_interval_s))),
+            notify_min_interval_s=float(_env("NOTIFY_MIN_INTERVAL_S", str(cls.notify_min_interval_s))),
             topic_replication_factor=int(_env("TOPIC_REPLICATION_FACTOR", "1")),
             topic_min_insync_replicas=int(_env("TOPIC_MIN_INSYNC_REPLICAS", "0")) or None,
             log_level=_env("LOG_LEVEL", cls.log_level),
