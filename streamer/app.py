@@ -23,6 +23,7 @@ from typing import Any, Awaitable, Callable
 
 import faust
 import mode
+import orjson
 from prometheus_client import generate_latest
 
 import topics as T
@@ -46,7 +47,7 @@ from streamer.sinks.engine import DeliveryEngine, EngineConfig
 from streamer.sinks.http.service import HttpSink
 from streamer.sinks.s3.service import S3Sink
 from streamer.notifications import DestinationNotification, ms_to_datetime
-from streamer.status import StatusBook, notices, notified_row, row_key
+from streamer.status import StatusBook, notices, notified_row, redact, row_key
 from streamer.status_io import StatusTail
 
 log = logging.getLogger("streamer")
@@ -168,7 +169,8 @@ policy = Policy(signing_keys=cfg.signing_keys, encryption_keys=cfg.encryption_ke
                 command_max_age_s=cfg.command_max_age_s)
 processor = SettingsProcessor(view, produce_one, policy, cfg.topic(T.SETTINGS_TABLE),
                               cfg.topic(T.SETTINGS_RESULTS),
-                              ReplayTarget(cfg.bootstrap_servers, cfg.topic(T.DEAD_LETTERS), DELIVERY_TOPIC, produce_durably))
+                              ReplayTarget(cfg.bootstrap_servers, cfg.topic(T.DEAD_LETTERS), DELIVERY_TOPIC, produce_durably),
+                              tester=lambda target, command_id: test_destination(target, command_id))
 
 
 @app.agent(commands_topic)
@@ -280,6 +282,31 @@ engines = {
 }
 for _engine in engines.values():
     _engine.observer = status_book
+
+
+async def test_destination(target, command_id: str) -> str | None:
+    """A test command's synthetic event through the real sink (not the engine: a test must
+    not trip the breaker, park or dead-letter). None when the destination took it, else its
+    answer, redacted. S3: a real PutObject under the destination's prefix."""
+    engine = engines.get(target.destination_type)
+    if engine is None:
+        return f"unknown destination type {target.destination_type!r}"
+    event_id = f"streamer-test-{command_id}"
+    message = orjson.dumps({"id": event_id, "event": "streamer_destination_test",
+                            "timestamp": ms_to_datetime(now_ms()).isoformat(), "team": {"id": target.workspace_id},
+                            "message": "test event sent by `streamer settings test`; safe to ignore"})
+    key = (target.s3_prefix.rstrip("/") + "/" if target.s3_prefix else "") + f"streamer-test/{event_id}.json"
+    d = Delivery(destination_id=target.destination_id, destination=target.destination,
+                 workspace_id=target.workspace_id, event_id=event_id, kind="test", message=message,
+                 object_key=key if target.destination_type == "s3" else None)
+    try:
+        [outcome] = await asyncio.wait_for(engine.sink.send(orjson.loads(target.destination), [d]),
+                                           cfg.http_timeout_s + 5)
+    except asyncio.TimeoutError:
+        return "timed out"
+    except Exception as e:  # noqa: BLE001 - the reason goes back to the admin
+        return redact(f"{type(e).__name__}: {e}")
+    return None if outcome.ok else redact(outcome.error)
 
 
 async def _dead_letter_unreadable(event, reason: str) -> None:

@@ -110,3 +110,37 @@ def test_status_selects_a_workspaces_effective_destination_and_a_partners():
     assert [r.destination_id for r in select(table, state, failing=True, now_ms=1_000_000)[0]] == ["workspace:8"]
     text = table_text(select(table, state, now_ms=1_000_000)[0])
     assert text.splitlines()[0].startswith("DESTINATION") and "workspace:8" in text
+
+
+# -- the test command (rules only; the delivery is tested end to end) -------------------------
+
+def test_a_test_command_targets_the_effective_the_partner_wide_or_the_given_destination():
+    from datetime import datetime, timezone
+
+    import orjson
+
+    from streamer.admin import build_command
+    from streamer.settings.rules import Policy, decide
+
+    policy = Policy({"k": b"k" * 32}, {}, allow_private_destinations=True, command_max_age_s=300)
+    now = datetime.now(timezone.utc)
+    state = SettingsState()
+    dest = {"type": "http", "provider": "generic", "url": "https://logs.example.com/ws7"}
+    reg = {"workspace_id": "7", "partner_id": "p", "role": "customer", "external_id": None}
+    state.apply(b"ws/7", orjson.dumps({"registration": reg, "config": {"destination": dest}}), 0)
+
+    def test(**fields):
+        return decide(state, orjson.dumps(build_command("test_destination", fields, "ops", "k", b"k" * 32)),
+                      5, policy, now)
+
+    d = test(workspace_id="7")
+    assert d.status == "accepted" and d.test.destination_id == "workspace:7" and d.row_key is None
+    assert b"ws7" in d.test.destination
+    assert test(workspace_id="8").reason.startswith("workspace 8 has no effective destination")
+    assert test(partner_id="p").reason == "partner p has no enabled partner-wide configuration"
+    assert test().reason == "a test needs exactly one of workspace_id and partner_id"
+    other = {"enabled": False, "destination": {**dest, "url": "https://other.example.com/x"}}
+    d = test(partner_id="p", config=other)  # before saving it, even disabled
+    assert d.test.destination_id == "partner:p" and b"other.example.com" in d.test.destination
+    bad = {"destination": {**dest, "provider": "datadog"}}
+    assert test(workspace_id="7", config=bad).reason == "a datadog destination needs api_key"

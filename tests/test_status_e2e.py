@@ -31,9 +31,10 @@ async def merged_until(kafka, prefix, predicate, timeout: float, what: str) -> d
         await asyncio.sleep(0.5)
 
 
-def cli(env, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streamer", "status", *args], capture_output=True, text=True,
-                          env=env, timeout=60)
+async def cli(env, *args) -> subprocess.CompletedProcess:
+    """In a thread: the test's provider servers run on this event loop and must keep answering."""
+    return await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "streamer", *args], capture_output=True,
+                                   text=True, env=env, timeout=60)
 
 
 async def test_status_and_notifications_of_working_unauthorized_and_recovering_destinations(
@@ -60,13 +61,13 @@ async def test_status_and_notifications_of_working_unauthorized_and_recovering_d
     assert flaky.last_failure_status == 503 and flaky.consecutive_failures == 0
 
     # The admin's view: one workspace, and the failing ones.
-    shown = json.loads(cli(env, "--workspace", "72", "--json").stdout)["destinations"]
+    shown = json.loads((await cli(env, "status", "--workspace", "72", "--json")).stdout)["destinations"]
     assert [(d["destination_id"], d["state"], d["last_failure_status"]) for d in shown] == [
         ("workspace:72", "failing", 401)]
-    failing = cli(env, "--failing")
+    failing = await cli(env, "status", "--failing")
     print("\n" + failing.stdout)
     assert failing.returncode == 0 and "workspace:72" in failing.stdout and "workspace:71" not in failing.stdout
-    assert "workspace:71" in json.dumps(json.loads(cli(env, "--partner", "p", "--json").stdout))
+    assert "workspace:71" in json.dumps(json.loads((await cli(env, "status", "--partner", "p", "--json")).stdout))
 
     # Notifications: 72 failing (dead-lettered), 73 failing (breaker) then recovered; never 71.
     def complete(records) -> bool:
@@ -82,3 +83,43 @@ async def test_status_and_notifications_of_working_unauthorized_and_recovering_d
     auth_note = next(n for n in notes if n["destination_id"] == "workspace:72")
     assert (auth_note["workspace_id"], auth_note["partner_id"], auth_note["status"]) == ("72", "p", 401)
     assert auth_note["reason"].startswith("HTTP 401") and auth_note["since"]
+
+
+async def test_settings_test_sends_a_test_event_through_the_real_sink(env, worker_factory, kafka, prefix, providers,
+                                                                     s3, tmp_path):
+    from streamer.dev.local import free_port
+    from tests.support import accepted, admin_for, make_bucket, s3_config, s3_objects
+
+    providers.faults["auth"] = Fault(statuses=[401])
+    worker_factory().wait_ready()
+    await configure(env, providers, {"81": "works", "82": "auth"})
+
+    def settings_test(*args):
+        return cli(env, "settings", "test", *args)
+
+    ok = await settings_test("--workspace", "81")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert json.loads(ok.stdout)["tested_destination"] == "workspace:81"
+    [item] = await providers.wait_items("works", 1)
+    assert item["event"] == "streamer_destination_test"
+
+    unauthorized = await settings_test("--workspace", "82")
+    assert unauthorized.returncode == 1
+    assert json.loads(unauthorized.stdout)["reason"].startswith("test delivery failed: HTTP 401")
+
+    # A configuration tried before it is saved: S3 (a real PutObject under the prefix), then
+    # an endpoint where nothing listens.
+    bucket = f"b{prefix.strip('.').lower()}"
+    await make_bucket(s3, bucket)
+    (tmp_path / "s3.json").write_text(json.dumps(s3_config(s3, bucket, prefix="audit")))
+    stored = await settings_test("--workspace", "81", "--file", str(tmp_path / "s3.json"))
+    assert stored.returncode == 0, stored.stdout + stored.stderr
+    keys = list(await s3_objects(s3, bucket, 1))
+    assert len(keys) == 1 and keys[0].startswith("audit/streamer-test/")
+    down = {"destination": {"type": "http", "provider": "generic", "url": f"http://127.0.0.1:{free_port()}/x"}}
+    async with admin_for(env) as admin:
+        result = await admin.run("test_destination", workspace_id="81", config=down)
+        assert result["status"] == "rejected" and "network error" in result["reason"], result
+        # Nothing was saved by the tests: workspace 81 still goes to "works".
+        await accepted(admin, "test_destination", workspace_id="81")
+    assert len(await providers.wait_items("works", 2)) == 2
