@@ -427,12 +427,14 @@ async def notify() -> None:
 async def _notify() -> None:
     tail = status_tail.tail
     if not tail.caught_up.is_set() or not _holds_commands():
+        metrics.destinations_failing.set(0)
         return
     now = now_ms()
-    found = notices(tail.table, now, cfg.notify_min_interval_s)
+    merged = tail.table.merged(now)
+    metrics.destinations_failing.set(sum(1 for m in merged.values() if m.state == "failing"))
+    found = notices(tail.table, now, cfg.notify_min_interval_s, merged)
     if not found:
         return
-    merged = tail.table.merged(now)
     records = []
     for n in found:
         kind, _, ident = n.destination_id.partition(":")
@@ -451,6 +453,8 @@ async def _notify() -> None:
     # The notification first, then the record of it: a crash in between repeats it (at least
     # once), never skips it.
     await produce_durably(records)
+    for n in found:
+        metrics.notifications.labels(n.state).inc()
     for topic, key, value, _ in records:
         if topic == cfg.topic(T.DESTINATION_STATUS):
             tail.table.apply(key, value)  # at once: the next tick must not announce it again

@@ -124,12 +124,14 @@ class StatusBook:
     rows: dict[str, DestinationStatus] = field(default_factory=dict)
     _dirty: set[str] = field(default_factory=set)
     _published: dict[str, float] = field(default_factory=dict)  # monotonic time of the last publish
+    _touched: dict[str, float] = field(default_factory=dict)  # monotonic time of the last report
 
     def _row(self, dest_id: str) -> DestinationStatus:
         row = self.rows.get(dest_id)
         if row is None:
             row = self.rows[dest_id] = DestinationStatus(dest_id, self.worker)
         self._dirty.add(dest_id)
+        self._touched[dest_id] = time.monotonic()
         return row
 
     # -- DeliveryObserver ------------------------------------------------------------------
@@ -172,11 +174,13 @@ class StatusBook:
             if dest_id in self._dirty:
                 if last is not None and now - last < self.min_interval_s:
                     continue
-            elif last is None or now - last < REFRESH_S:
-                continue
-            elif row.failing_since_ms is None and row.breaker == "closed" and now - last >= EVICT_S:
+            elif (row.failing_since_ms is None and row.breaker == "closed"
+                  and now - self._touched.get(dest_id, now) >= EVICT_S):
                 del self.rows[dest_id]
                 self._published.pop(dest_id, None)
+                self._touched.pop(dest_id, None)
+                continue
+            elif last is None or now - last < REFRESH_S:
                 continue
             row.updated_ms = _now_ms()
             self._dirty.discard(dest_id)
@@ -306,7 +310,8 @@ class Notice:
     status: int | None
 
 
-def notices(table: StatusTable, now_ms: int, min_interval_s: float) -> list[Notice]:
+def notices(table: StatusTable, now_ms: int, min_interval_s: float,
+            merged: dict[str, MergedStatus] | None = None) -> list[Notice]:
     """The state changes to announce: a destination whose merged state is failing (its breaker
     opened, or a delivery was dead-lettered, after its last success) and that was last
     announced as not failing, or one announced failing that now succeeds. At most one per
@@ -314,7 +319,7 @@ def notices(table: StatusTable, now_ms: int, min_interval_s: float) -> list[Noti
     so a destination flapping between states sends a bounded number of mails (the state is
     looked at again on the next round, so the last change is never lost)."""
     out = []
-    for dest_id, m in table.merged(now_ms).items():
+    for dest_id, m in (table.merged(now_ms) if merged is None else merged).items():
         before = table.notified.get(dest_id, {})
         announced = before.get("state", "recovered")
         if before and now_ms - before.get("at_ms", 0) < min_interval_s * 1000:

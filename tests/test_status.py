@@ -37,6 +37,9 @@ def test_rows_are_published_at_most_every_interval_and_refreshed_when_unchanged(
     assert book.due(now=101) == []  # changed, but too soon
     assert [r.delivered for r in book.due(now=105)] == [2]
     assert book.due(now=200) == [] and len(book.due(now=105 + 3600)) == 1  # hourly refresh
+    # Healthy and unused for a day: forgotten (its last row stays on the topic until retention).
+    book._touched["d"] -= 24 * 3600
+    assert book.due(now=105 + 3 * 3600) == [] and book.rows == {}
 
 
 def test_redaction_and_status_codes():

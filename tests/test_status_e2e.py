@@ -15,7 +15,7 @@ import topics as T
 from streamer.status_io import read_status
 from tests.providers import Fault
 from tests.support import consume, job_event, produce
-from tests.test_reliability_e2e import FAST_RETRY, configure
+from tests.test_reliability_e2e import FAST_RETRY, configure, metric, until
 
 FAST_STATUS = {**FAST_RETRY, "STREAMER_STATUS_INTERVAL_S": "0.3", "STREAMER_NOTIFY_MIN_INTERVAL_S": "0.5",
                "STREAMER_BREAKER_FAILURES": "2", "STREAMER_BREAKER_RESET_S": "1"}
@@ -41,7 +41,8 @@ async def test_status_and_notifications_of_working_unauthorized_and_recovering_d
         env, worker_factory, kafka, prefix, providers):
     providers.faults["auth"] = Fault(statuses=[401] * 1000)
     providers.faults["flaky"] = Fault(statuses=[503] * 12)
-    worker_factory(FAST_STATUS).wait_ready()
+    w = worker_factory(FAST_STATUS)
+    w.wait_ready()
     await configure(env, providers, {"71": "works", "72": "auth", "73": "flaky"})
     await produce(kafka, prefix + T.JOBS_SUMMARY, [(b"71", orjson.dumps(job_event(71, "ok-1"))),
                                                    (b"72", orjson.dumps(job_event(72, "auth-1"))),
@@ -83,6 +84,9 @@ async def test_status_and_notifications_of_working_unauthorized_and_recovering_d
     auth_note = next(n for n in notes if n["destination_id"] == "workspace:72")
     assert (auth_note["workspace_id"], auth_note["partner_id"], auth_note["status"]) == ("72", "p", 401)
     assert auth_note["reason"].startswith("HTTP 401") and auth_note["since"]
+    # SREs: how many are failing, without a label per tenant.
+    await until(lambda: metric(w, "streamer_destinations_failing") == 1, 30, "the failing-destinations gauge")
+    assert metric(w, "streamer_notifications_total", state="recovered") == 1
 
 
 async def test_settings_test_sends_a_test_event_through_the_real_sink(env, worker_factory, kafka, prefix, providers,
