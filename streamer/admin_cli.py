@@ -38,6 +38,11 @@ def add_admin_parsers(sub) -> None:
     g.add_argument("--workspace")
     g.add_argument("--partner")
     ss.add_parser("list", help="list registrations and configurations (redacted)")
+    t = ss.add_parser("test", help="send a test event to the effective destination (or --file's); exit 1 if it fails")
+    ts = t.add_mutually_exclusive_group(required=True)
+    ts.add_argument("--workspace")
+    ts.add_argument("--partner")
+    t.add_argument("--file", default=None, help="a configuration to test before saving it")
 
     d = sub.add_parser("dlq", help="list, inspect and replay dead letters")
     d.add_argument("--bootstrap-servers", default=None)
@@ -136,10 +141,15 @@ def run_admin(args) -> int:
     fields: dict
     kind = {"register": "register_workspace", "unregister": "unregister_workspace",
             "put-partner": "put_partner_config", "delete-partner": "delete_partner_config",
-            "put-workspace": "put_workspace_config", "delete-workspace": "delete_workspace_config"}[args.action]
+            "put-workspace": "put_workspace_config", "delete-workspace": "delete_workspace_config",
+            "test": "test_destination"}[args.action]
     if args.action == "register":
         fields = {"workspace_id": args.workspace, "partner_id": args.partner, "role": args.role,
                   "external_id": args.external_id}
+    elif args.action == "test":
+        fields = {"workspace_id": args.workspace} if args.workspace else {"partner_id": args.partner}
+        if args.file:
+            fields["config"] = _load(args.file)
     elif args.action.endswith("partner"):
         fields = {"partner_id": args.partner}
     else:

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
+import uuid
 from collections import Counter, defaultdict
 from typing import Any, Awaitable, Callable
 
 import faust
 import mode
+import orjson
 from prometheus_client import generate_latest
 
 from streamer import topics as T
@@ -42,6 +46,9 @@ from streamer.sinks.base import Delivery, now_ms
 from streamer.sinks.engine import DeliveryEngine, EngineConfig
 from streamer.sinks.http.service import HttpSink
 from streamer.sinks.s3.service import S3Sink
+from streamer.notifications import DestinationNotification, ms_to_datetime
+from streamer.status import StatusBook, notices, notified_row, redact, row_key
+from streamer.status_io import StatusTail
 
 log = logging.getLogger("streamer")
 cfg = Config.from_env()
@@ -162,7 +169,8 @@ policy = Policy(signing_keys=cfg.signing_keys, encryption_keys=cfg.encryption_ke
                 command_max_age_s=cfg.command_max_age_s)
 processor = SettingsProcessor(view, produce_one, policy, cfg.topic(T.SETTINGS_TABLE),
                               cfg.topic(T.SETTINGS_RESULTS),
-                              ReplayTarget(cfg.bootstrap_servers, cfg.topic(T.DEAD_LETTERS), DELIVERY_TOPIC, produce_durably))
+                              ReplayTarget(cfg.bootstrap_servers, cfg.topic(T.DEAD_LETTERS), DELIVERY_TOPIC, produce_durably),
+                              tester=lambda target, command_id: test_destination(target, command_id))
 
 
 @app.agent(commands_topic)
@@ -259,6 +267,11 @@ engine_cfg = EngineConfig(
     breaker_reset_s=cfg.breaker_reset_s, destination_concurrency=cfg.destination_concurrency)
 
 
+# Per-destination status (streamer/status.py): the engines report to it, a timer publishes
+# it. The worker id is unique per run, so a restarted worker never resets another row.
+worker_id = f"{cfg.instance_id or socket.gethostname()}-{os.getpid()}-{int(time.time())}".replace("/", "_")
+status_book = StatusBook(worker_id, cfg.status_interval_s)
+
 engines = {
     "s3": DeliveryEngine("s3", S3Sink(cfg.encryption_keys, cfg.s3_endpoint_url, cfg.s3_destination_concurrency,
                                         cfg.http_timeout_s, allow_private=cfg.allow_private_destinations),
@@ -267,6 +280,33 @@ engines = {
                                             cfg.destination_concurrency, cfg.http_timeout_s),
                            produce_all, engine_cfg, produce_durably),
 }
+for _engine in engines.values():
+    _engine.observer = status_book
+
+
+async def test_destination(target, command_id: str) -> str | None:
+    """A test command's synthetic event through the real sink (not the engine: a test must
+    not trip the breaker, park or dead-letter). None when the destination took it, else its
+    answer, redacted. S3: a real PutObject under the destination's prefix."""
+    engine = engines.get(target.destination_type)
+    if engine is None:
+        return f"unknown destination type {target.destination_type!r}"
+    event_id = f"streamer-test-{command_id}"
+    message = orjson.dumps({"id": event_id, "event": "streamer_destination_test",
+                            "timestamp": ms_to_datetime(now_ms()).isoformat(), "team": {"id": target.workspace_id},
+                            "message": "test event sent by `streamer settings test`; safe to ignore"})
+    key = (target.s3_prefix.rstrip("/") + "/" if target.s3_prefix else "") + f"streamer-test/{event_id}.json"
+    d = Delivery(destination_id=target.destination_id, destination=target.destination,
+                 workspace_id=target.workspace_id, event_id=event_id, kind="test", message=message,
+                 object_key=key if target.destination_type == "s3" else None)
+    try:
+        [outcome] = await asyncio.wait_for(engine.sink.send(orjson.loads(target.destination), [d]),
+                                           cfg.http_timeout_s + 5)
+    except asyncio.TimeoutError:
+        return "timed out"
+    except Exception as e:  # noqa: BLE001 - the reason goes back to the admin
+        return redact(f"{type(e).__name__}: {e}")
+    return None if outcome.ok else redact(outcome.error)
 
 
 async def _dead_letter_unreadable(event, reason: str) -> None:
@@ -332,6 +372,92 @@ async def retry_deliveries(stream):
     streamer/retry_schedule.py). Newer deliveries never wait here: they have their own topics."""
     await scheduled(stream, redeliver, cfg.batch_max, cfg.batch_max_bytes, cfg.retry_hold_max_bytes,
                     liveness.progress("retry_deliveries"))
+
+
+# -- destination status and notifications ------------------------------------------------------
+
+@app.timer(interval=1.0)
+async def publish_status() -> None:
+    """This worker's changed status rows, at most every STREAMER_STATUS_INTERVAL_S per
+    destination. A failed publish is retried on the next tick (the rows stay changed)."""
+    rows = status_book.due()
+    if rows:
+        topic = cfg.topic(T.DESTINATION_STATUS)
+        try:
+            await produce_durably([(topic, row_key(r), r.to_json(), None) for r in rows])
+        except Exception:
+            log.exception("status publish failed; retrying on the next tick")
+            status_book.retry(rows)
+
+
+class StatusTailService(mode.Service):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.tail = StatusTail(cfg.bootstrap_servers, cfg.topic(T.DESTINATION_STATUS))
+
+    async def on_start(self) -> None:
+        await self.tail.start()
+
+    async def on_stop(self) -> None:
+        await self.tail.stop()
+
+
+status_tail = StatusTailService()
+app.service(status_tail)
+
+
+def _holds_commands() -> bool:
+    """The notifier is the worker that holds the one commands partition: exactly one worker
+    at a time (a rebalance may briefly overlap two, so a mailer should dedupe on the id)."""
+    try:
+        return any(tp.topic == commands_topic.get_topic_name() for tp in app.consumer.assignment())
+    except Exception:
+        return False
+
+
+@app.timer(interval=1.0)
+async def notify() -> None:
+    """Announce destinations that started failing or recovered (streamer/status.py: notices)."""
+    try:
+        await _notify()
+    except Exception:  # retried on the next tick: the state change is still there
+        log.exception("notification round failed")
+
+
+async def _notify() -> None:
+    tail = status_tail.tail
+    if not tail.caught_up.is_set() or not _holds_commands():
+        metrics.destinations_failing.set(0)
+        return
+    now = now_ms()
+    merged = tail.table.merged(now)
+    metrics.destinations_failing.set(sum(1 for m in merged.values() if m.state == "failing"))
+    found = notices(tail.table, now, cfg.notify_min_interval_s, merged)
+    if not found:
+        return
+    records = []
+    for n in found:
+        kind, _, ident = n.destination_id.partition(":")
+        ws = n.workspace_id or (ident if kind == "workspace" else "")
+        entry = view.state.workspaces.get(ws)
+        partner = ident if kind == "partner" else (entry.partner_id if entry else None)
+        event = DestinationNotification(
+            id=uuid.uuid4().hex, state=n.state, destination_id=n.destination_id,
+            scope="partner" if kind == "partner" else "workspace", workspace_id=ws or None, partner_id=partner,
+            reason=n.reason, status=n.status, since=ms_to_datetime(n.since_ms), at=ms_to_datetime(now))
+        records.append((cfg.topic(T.NOTIFICATIONS), n.destination_id.encode(), event.model_dump_json().encode(), None))
+        key, value = notified_row(n, merged.get(n.destination_id), now)
+        records.append((cfg.topic(T.DESTINATION_STATUS), key, value, None))
+        log.warning("destination %s %s: %s", n.destination_id, n.state, n.reason,
+                    extra={"destination_id": n.destination_id})
+    # The notification first, then the record of it: a crash in between repeats it (at least
+    # once), never skips it.
+    await produce_durably(records)
+    for n in found:
+        metrics.notifications.labels(n.state).inc()
+    for topic, key, value, _ in records:
+        if topic == cfg.topic(T.DESTINATION_STATUS):
+            tail.table.apply(key, value)  # at once: the next tick must not announce it again
 
 
 # -- health and metrics ------------------------------------------------------------------------

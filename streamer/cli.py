@@ -91,6 +91,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--receiver-url", default=None, help="with --use-running: the log receiver's URL")
     p.add_argument("--bucket", default="audit-demo", help="S3 bucket of the sample partner-wide destination")
 
+    p = sub.add_parser("status", help="per-destination delivery status (last success and failure, breaker,"
+                                      " parked, dead letters)")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("--workspace", default=None, help="the workspace's effective destination")
+    scope.add_argument("--partner", default=None, help="the partner-wide destination and its workspaces' own")
+    p.add_argument("--failing", action="store_true", help="only failing destinations")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--bootstrap-servers", default=None)
+
     from streamer.admin_cli import add_admin_parsers
 
     add_admin_parsers(sub)
@@ -150,6 +159,11 @@ def main(argv: list[str] | None = None) -> None:
             print("stale schemas (run `streamer schemas`): " + ", ".join(stale))
             sys.exit(1)
         print("schemas are current" if args.check else f"wrote {len(stale)} changed schema(s)")
+    elif args.cmd == "status":
+        from streamer.status_cli import run_status
+
+        bootstrap = _bootstrap(args)
+        sys.exit(_kafka_command(lambda: run_status(args, bootstrap), bootstrap))
     elif args.cmd == "demo":
         from streamer.demo import run_demo
 

@@ -20,6 +20,13 @@ attempts = Counter("streamer_delivery_attempts_total", "Delivery attempts by res
                    ["destination_type", "result"], registry=REGISTRY)
 breakers_open = Gauge("streamer_breakers_open", "Destinations whose circuit breaker is open",
                       ["destination_type"], registry=REGISTRY)
+# Cluster-wide, from every worker's status rows; only the worker deciding notifications
+# reports it (the others report 0), so sum() over workers is the figure. No per-tenant
+# label: which ones are failing is `streamer status --failing`.
+destinations_failing = Gauge("streamer_destinations_failing", "Destinations whose merged status is failing",
+                             registry=REGISTRY)
+notifications = Counter("streamer_notifications_total", "Destination notifications sent, by state",
+                        ["state"], registry=REGISTRY)
 latency = Histogram("streamer_delivery_latency_seconds", "From raw event produced to destination acknowledgement",
                     ["destination_type"], registry=REGISTRY,
                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400))

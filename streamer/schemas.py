@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import TypeAdapter
 
 from streamer.events.models import JobDetails, JobSummary, UserActivity
+from streamer.notifications import DestinationNotification
 from streamer.settings.model import Command, CommandResult, Configuration
 
 
@@ -19,6 +20,7 @@ def generate() -> dict[str, dict]:
         "settings_command.schema.json": TypeAdapter(Command).json_schema(),
         "settings_result.schema.json": CommandResult.model_json_schema(),
         "configuration.schema.json": Configuration.model_json_schema(),
+        "notification.schema.json": DestinationNotification.model_json_schema(),
     }
 
 

@@ -36,6 +36,8 @@ DELIVERIES_HTTP = "audit.deliveries.http.v1"
 DELIVERIES_RETRY = "audit.deliveries.retry.v1"
 DEAD_LETTERS = "audit.deliveries.dead_letter.v1"
 REJECTED = "audit.rejected.v1"
+DESTINATION_STATUS = "audit.destinations.status.v1"
+NOTIFICATIONS = "audit.notifications.v1"
 
 RAW_TOPICS = (JOBS_SUMMARY, JOBS_DETAILS, USER_ACTIVITY)
 
@@ -66,6 +68,13 @@ TOPICS: tuple[TopicSpec, ...] = (
               configs={**_delivery, "retention.ms": str(30 * DAY_MS)}),
     TopicSpec(REJECTED, 3, "raw records that could not be processed, with the reason",
               configs={**_raw, "retention.ms": str(14 * DAY_MS)}),
+    # One row per destination and worker run (streamer/status.py); compacted, and rows of
+    # workers gone for a week expire (live workers re-publish theirs hourly).
+    TopicSpec(DESTINATION_STATUS, 1, "per-destination delivery status, key = <destination id>/<worker id>",
+              configs={"cleanup.policy": "compact,delete", "retention.ms": str(7 * DAY_MS),
+                       "min.compaction.lag.ms": "60000"}),
+    TopicSpec(NOTIFICATIONS, 1, "a destination started failing or recovered, for the platform's mailer",
+              configs={"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)}),
 )
 
 BY_NAME = {t.name: t for t in TOPICS}

@@ -16,6 +16,7 @@ from streamer.events.models import MODELS
 from streamer.events.parse import Event, Rejection, derive_event_id, parse_event
 from streamer.schemas import write_or_check
 from streamer.topics_admin import apply_topics
+from streamer.topics import TOPICS
 from tests.support import consume, produce, uid
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,9 +126,9 @@ def test_record_key_must_match_the_workspace_and_size_is_bounded(samples):
 async def test_topics_apply_is_idempotent_and_reports_drift(kafka):
     prefix = f"t{uid()}."
     first = await apply_topics(kafka, prefix)
-    assert first.ok and len(first.created) == 11
+    assert first.ok and len(first.created) == len(TOPICS)
     second = await apply_topics(kafka, prefix)
-    assert second.ok and second.created == [] and len(second.unchanged) == 11
+    assert second.ok and second.created == [] and len(second.unchanged) == len(TOPICS)
 
     drifted = f"t{uid()}."
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
@@ -146,7 +147,7 @@ def test_topics_apply_cli_exits_non_zero_on_drift(kafka):
     run = lambda: subprocess.run([sys.executable, "-m", "streamer", "topics", "apply", "--bootstrap-servers",
                                   kafka, "--prefix", prefix], capture_output=True, text=True)
     first = run()
-    assert first.returncode == 0 and first.stdout.count("created") == 11, first.stdout + first.stderr
+    assert first.returncode == 0 and first.stdout.count("created") == len(TOPICS), first.stdout + first.stderr
     second = run()
     assert second.returncode == 0 and "created" not in second.stdout
 

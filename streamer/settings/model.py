@@ -223,9 +223,22 @@ class ReplayDeadLetters(_Command):
     max_records: int = Field(default=10_000, ge=1, le=1_000_000)
 
 
+class TestDestination(_Command):
+    """Send a synthetic test event through the real sink path of a workspace's effective
+    destination, a partner's partner-wide one, or `config` (to try it before saving it).
+    Accepted when the destination took it; rejected with the destination's answer if not."""
+
+    __test__ = False  # not a pytest test class
+
+    type: Literal["test_destination"]
+    workspace_id: WorkspaceId | None = None
+    partner_id: PartnerId | None = None
+    config: Configuration | None = None
+
+
 Command = Annotated[
     Union[RegisterWorkspace, UnregisterWorkspace, PutPartnerConfig, DeletePartnerConfig,
-          PutWorkspaceConfig, DeleteWorkspaceConfig, ReplayDeadLetters],
+          PutWorkspaceConfig, DeleteWorkspaceConfig, ReplayDeadLetters, TestDestination],
     Field(discriminator="type"),
 ]
 
@@ -239,6 +252,8 @@ class CommandResult(Strict):
     replayed: int | None = Field(default=None, description="Dead letters sent back to delivery (replay only).")
     skipped: int | None = Field(default=None, description="Matching dead letters whose workspace has no "
                                                           "destination of the same type now (replay only).")
+    tested_destination: str | None = Field(default=None, description="The destination a test command tried "
+                                                                      "(test only).")
     processed_at: datetime
     offset: int | None = Field(default=None, description="Offset of the command's record on the commands topic: "
                                                          "every record gets exactly one result.")

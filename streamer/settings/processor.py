@@ -33,6 +33,9 @@ from streamer.sinks.base import Delivery
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, bytes, bytes | None], Awaitable[Any]]  # (topic, key, value) -> RecordMetadata
+# A test command's delivery through the real sink: (target, command id) -> None if the
+# destination took it, else the reason (its status and answer).
+Tester = Callable[[Any, str], Awaitable[str | None]]
 SendMany = Callable[[list[tuple[str, bytes, bytes, list]]], Awaitable[Any]]  # durable, all acked
 
 
@@ -48,11 +51,12 @@ class ReplayTarget:
 
 class SettingsProcessor:
     def __init__(self, view: SettingsView, send: Send, policy: Policy, table_topic: str, results_topic: str,
-                 replay: ReplayTarget | None = None):
+                 replay: ReplayTarget | None = None, tester: Tester | None = None):
         self.view, self.send, self.policy = view, send, policy
         self.table_topic, self.results_topic = table_topic, results_topic
         self.replay = replay
         self._clock_ms: int | None = None  # the latest command record time seen (see _record_time)
+        self.tester = tester
 
     async def handle(self, raw: bytes | None, offset: int, timestamp_ms: int | None = None) -> dict[str, Any]:
         """Apply one command record and publish its one result. `timestamp_ms`: the record's
@@ -130,6 +134,11 @@ class SettingsProcessor:
                   "processed_at": now.isoformat(), "offset": offset}
         if d.replay is not None and not d.already_applied:
             result["replayed"], result["skipped"] = await self._replay(d.replay)
+        if d.test is not None and not d.already_applied:
+            failure = await self.tester(d.test, d.command_id) if self.tester else "no tester on this worker"
+            result["tested_destination"] = d.test.destination_id
+            if failure:
+                result["status"], result["reason"] = "rejected", f"test delivery failed: {failure}"
         if d.issued_at is not None:  # authentic: remember it, so a replay is refused
             row = orjson.dumps({"offset": offset, "issued_at": d.issued_at.isoformat(), "result": redact(result)})
             if last is None:

@@ -18,7 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 from streamer.settings import limits, secrets, signing
 from streamer.settings.model import (Command, Configuration, DeletePartnerConfig, DeleteWorkspaceConfig,
                                      HttpDestination, PutPartnerConfig, PutWorkspaceConfig, RegisterWorkspace, ReplayDeadLetters,
-                                     Registration, S3Destination, UnregisterWorkspace)
+                                     Registration, S3Destination, TestDestination, UnregisterWorkspace)
 from streamer.settings.state import SettingsState
 from streamer.settings.urls import check_url
 from streamer.templates import try_compile
@@ -46,6 +46,18 @@ class Decision:
     previous_result: dict[str, Any] | None = None  # a re-delivered command: publish this again
     already_applied: bool = False
     replay: ReplayDeadLetters | None = None  # the processor re-sends matching dead letters
+    test: "TestTarget | None" = None  # the processor sends a test event to this destination
+
+
+@dataclass(frozen=True)
+class TestTarget:
+    __test__ = False  # not a pytest test class
+
+    destination_id: str
+    destination_type: str  # s3 | http
+    destination: bytes  # as stored (secrets encrypted)
+    s3_prefix: str
+    workspace_id: str
 
 
 def _reject(command_id: str, reason: str, issued_at: datetime | None = None) -> Decision:
@@ -225,7 +237,38 @@ def _rules(state: SettingsState, cmd, policy: Policy, resolved: dict[str, list[s
         if not (cmd.workspace_id or cmd.destination_id or cmd.event_ids or cmd.since or cmd.until):
             return _reject(cid, "a replay needs at least one filter (workspace, destination, event ids or time)")
         return Decision(cid, "accepted", replay=cmd)
+    if isinstance(cmd, TestDestination):
+        return _test(state, cmd, policy, resolved)
     raise AssertionError(f"unhandled command {type(cmd).__name__}")
+
+
+def _test(state: SettingsState, cmd: TestDestination, policy: Policy,
+          resolved: dict[str, list[str]] | None) -> Decision:
+    """Which destination a test command tries: the given configuration (checked like a put),
+    else the workspace's effective destination, else the partner's partner-wide one."""
+    cid = cmd.command_id
+    if (cmd.workspace_id is None) == (cmd.partner_id is None):
+        return _reject(cid, "a test needs exactly one of workspace_id and partner_id")
+    scope, ident = ("workspace", cmd.workspace_id) if cmd.workspace_id else ("partner", cmd.partner_id)
+    if cmd.config is not None:
+        reason, _warning = check_configuration(cmd.config, policy, resolved)
+        if reason:
+            return _reject(cid, reason)
+        from streamer.settings.state import build_route
+
+        route = build_route(f"{scope}:{ident}", scope, cmd.config.model_copy(update={"enabled": True}))
+    elif cmd.workspace_id is not None:
+        route = state.effective(cmd.workspace_id)
+        if route is None:
+            return _reject(cid, f"workspace {cmd.workspace_id} has no effective destination (not registered, "
+                                f"or no enabled configuration)")
+    else:
+        partner = state.partners.get(cmd.partner_id)
+        route = partner.route if partner else None
+        if route is None:
+            return _reject(cid, f"partner {cmd.partner_id} has no enabled partner-wide configuration")
+    return Decision(cid, "accepted", test=TestTarget(route.destination_id, route.destination_type,
+                                                     route.destination, route.s3_prefix, cmd.workspace_id or ""))
 
 
 def _accept(cid: str, key: str, row: dict, warning: str | None = None) -> Decision:

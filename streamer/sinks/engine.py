@@ -27,6 +27,7 @@ import orjson
 from streamer import metrics
 from streamer.produce import Refused, cut_down
 from streamer.sinks.base import Delivery, Outcome, Sink, now_ms
+from streamer.status import DeliveryObserver, NullObserver
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ class DeliveryEngine:
     limits: dict[str, asyncio.Semaphore] = field(default_factory=dict)
     last_used: dict[str, float] = field(default_factory=dict)
     _next_sweep: float = 0.0
+    # Per-destination bookkeeping for the status topic (streamer/status.py); no I/O.
+    observer: DeliveryObserver = field(default_factory=NullObserver)
 
     def __post_init__(self) -> None:
         if self.produce_durably is None:
@@ -132,6 +135,9 @@ class DeliveryEngine:
         for task in done:
             task.result()  # a bug here must surface, not vanish
         self._export_breakers()
+        for dest_id, _destination in groups:
+            b = self.breakers[dest_id]
+            self.observer.breaker(dest_id, "open" if b.is_open else "half_open" if b.half_open else "closed")
         self._sweep_idle()
 
     async def _past_deadline(self, dest_id: str, items: list[Delivery]) -> None:
@@ -157,6 +163,8 @@ class DeliveryEngine:
             unsettled.append(d)
         self._ok.inc(delivered)
         self._delivered.inc(delivered)
+        self.observer.attempted(dest_id, self.destination_type, items[0].workspace_id, delivered,
+                                [f"destination did not answer within {self.cfg.deadline_s:g}s"] if unsettled else [])
         # A request that was in flight may still land, which at-least-once allows (S3 keys
         # and the Idempotency-Key header make it harmless).
         await self._park(unsettled, f"destination did not answer within {self.cfg.deadline_s:g}s", None)
@@ -198,6 +206,8 @@ class DeliveryEngine:
                     retry.append((d, o))
             self._ok.inc(delivered)
             self._delivered.inc(delivered)
+            self.observer.attempted(dest_id, self.destination_type, pending[0].workspace_id, delivered,
+                                    [o.error for o in outcomes if not o.ok])
             breaker.record(len(retry) < len(pending) or not pending, self.cfg.breaker_failures)
             if not retry:
                 return
@@ -253,6 +263,9 @@ class DeliveryEngine:
             for d in items:
                 d.settled = True
             self._parked.inc(len(parked) - len(refused))
+            for d, r in zip(parked_items, results):
+                if not isinstance(r, Refused):
+                    self.observer.parked(d.destination_id, 1)
 
     async def dead_letter(self, items: list[Delivery], error: str) -> None:
         dead_at = str(now_ms()).encode()
@@ -271,6 +284,8 @@ class DeliveryEngine:
                       extra={"destination_id": d.destination_id, "workspace_id": d.workspace_id,
                              "event_id": d.event_id})
         self._dead.inc(len(items))
+        for d in items:
+            self.observer.dead_lettered(d.destination_id, d.workspace_id, 1, error)
 
     def _sweep_idle(self) -> None:
         """Forget destinations unused for a while (their limit and, if closed, breaker), so
