@@ -140,9 +140,10 @@ def authenticate(raw: bytes, policy: Policy, verify_signature: bool = True) -> t
 
 
 def scope_of(cmd: Command) -> str | None:
-    if isinstance(cmd, PutWorkspaceConfig):
+    """The settings scope a command's configuration (and its secrets) belongs to."""
+    if isinstance(cmd, (PutWorkspaceConfig, TestDestination)) and cmd.workspace_id is not None:
         return f"ws/{cmd.workspace_id}"
-    if isinstance(cmd, PutPartnerConfig):
+    if isinstance(cmd, (PutPartnerConfig, TestDestination)) and cmd.partner_id is not None:
         return f"partner/{cmd.partner_id}"
     return None
 
@@ -251,7 +252,8 @@ def _test(state: SettingsState, cmd: TestDestination, policy: Policy,
         return _reject(cid, "a test needs exactly one of workspace_id and partner_id")
     scope, ident = ("workspace", cmd.workspace_id) if cmd.workspace_id else ("partner", cmd.partner_id)
     if cmd.config is not None:
-        reason, _warning = check_configuration(cmd.config, policy, resolved)
+        settings_scope = f"ws/{ident}" if scope == "workspace" else f"partner/{ident}"
+        reason, _warning = check_configuration(cmd.config, policy, settings_scope, resolved)
         if reason:
             return _reject(cid, reason)
         from streamer.settings.state import build_route
