@@ -71,7 +71,26 @@ class HttpDestination(Strict):
         return v
 
 
-Destination = Annotated[Union[S3Destination, HttpDestination], Field(discriminator="type")]
+class AzureBlobDestination(Strict):
+    """Azure Blob Storage: one blob per event at the S3 key layout (spec 4.1).
+
+    `account_url` is always given, even with a connection string: where the events go is
+    then visible in `settings get` and checked by the SSRF guard; from a connection string
+    only its credential (AccountKey or SharedAccessSignature) is used. No credential at all:
+    the deployment's default Azure credentials (environment, workload or managed identity)."""
+
+    type: Literal["azure_blob"] = "azure_blob"
+    account_url: Annotated[str, Field(min_length=8, max_length=2048,
+                                      description="https://<account>.blob.core.windows.net")]
+    container: Annotated[str, Field(min_length=3, max_length=63, pattern=r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")]
+    prefix: str = ""
+    account_name: str | None = Field(default=None, description="With account_key; default: from account_url.")
+    account_key: Encrypted | None = None
+    sas_token: Encrypted | None = None
+    connection_string: Encrypted | None = None
+
+
+Destination = Annotated[Union[S3Destination, HttpDestination, AzureBlobDestination], Field(discriminator="type")]
 
 
 class Configuration(Strict):

@@ -14,12 +14,13 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from streamer.settings import secrets, signing
-from streamer.settings.model import (Command, Configuration, DeletePartnerConfig, DeleteWorkspaceConfig,
+from streamer.settings.model import (AzureBlobDestination, Command, Configuration, DeletePartnerConfig, DeleteWorkspaceConfig,
                                      HttpDestination, PutPartnerConfig, PutWorkspaceConfig, RegisterWorkspace, ReplayDeadLetters,
                                      Registration, S3Destination, UnregisterWorkspace)
 from streamer.settings.state import SettingsState
 from streamer.settings.urls import check_url
 from streamer.templates import try_compile
+from streamer.sinks.azure_blob import request as azure_blob_request
 
 _COMMAND = TypeAdapter(Command)
 
@@ -80,6 +81,14 @@ def check_configuration(config: Configuration, policy: Policy,
                 return f"s3 endpoint {reason}", None
         if (dest.access_key_id is None) != (dest.secret_access_key is None):
             return "s3 credentials need both access_key_id and secret_access_key, or neither", None
+    elif isinstance(dest, AzureBlobDestination):
+        reason = check_url(dest.account_url, policy.allow_private_destinations, resolved)
+        if reason:
+            return f"azure_blob account_url {reason}", None
+        reason = azure_blob_request.check_destination(dest.model_dump(mode="json"),
+                                                      lambda env: secrets.decrypt(env, policy.encryption_keys))
+        if reason:
+            return reason, None
     _template, warning = try_compile(config.template)
     return None, warning
 
