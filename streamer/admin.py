@@ -21,7 +21,8 @@ from streamer.kafka_client import KafkaSecurity, client_kwargs
 from streamer.settings import secrets, signing
 from streamer.settings.state import SettingsState
 
-SECRET_FIELDS = ("api_key", "token", "secret_access_key", "account_key", "sas_token", "connection_string")
+SECRET_FIELDS = ("api_key", "token", "secret_access_key", "account_key", "sas_token", "connection_string",
+                 "service_account_key")
 
 
 def encrypt_secrets(config: dict[str, Any], keys: dict[str, bytes]) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from streamer.settings.view import SettingsView
 from streamer.sinks.azure_blob.service import AzureBlobSink
 from streamer.sinks.base import Delivery, now_ms
 from streamer.sinks.engine import DeliveryEngine, EngineConfig
+from streamer.sinks.gcs.service import GcsSink
 from streamer.sinks.http.service import HttpSink
 from streamer.sinks.s3.service import S3Sink
 
@@ -102,7 +103,7 @@ KIND_BY_PHYSICAL = {cfg.topic(t): k for t, k in KIND_BY_TOPIC.items()}
 # Object stores share the S3 delivery topic, log APIs the HTTP one; the record's `type`
 # header picks the engine (README, Decisions: delivery topics).
 DELIVERY_TOPIC = {"s3": cfg.topic(T.DELIVERIES_S3), "http": cfg.topic(T.DELIVERIES_HTTP),
-                  "azure_blob": cfg.topic(T.DELIVERIES_S3)}
+                  "azure_blob": cfg.topic(T.DELIVERIES_S3), "gcs": cfg.topic(T.DELIVERIES_S3)}
 
 
 # -- durable produce -------------------------------------------------------------------------
@@ -273,6 +274,9 @@ engines = {
     "azure_blob": DeliveryEngine("azure_blob", AzureBlobSink(cfg.encryption_keys, cfg.allow_private_destinations,
                                                              cfg.destination_concurrency, cfg.http_timeout_s),
                                  produce_all, engine_cfg, produce_durably),
+    "gcs": DeliveryEngine("gcs", GcsSink(cfg.encryption_keys, cfg.allow_private_destinations,
+                                         cfg.destination_concurrency, cfg.http_timeout_s),
+                          produce_all, engine_cfg, produce_durably),
 }
 
 

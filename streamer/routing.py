@@ -17,7 +17,7 @@ from streamer.settings.state import Route, SettingsState
 
 LINES_REPLACEMENT = "Log lines exceed size limit"
 # Destinations that store one object per event at the key layout of spec 4.1.
-OBJECT_STORES = frozenset({"s3", "azure_blob"})
+OBJECT_STORES = frozenset({"s3", "azure_blob", "gcs"})
 
 
 @dataclass(slots=True)

