@@ -22,7 +22,7 @@ from streamer.settings import secrets, signing
 from streamer.settings.state import SettingsState
 
 SECRET_FIELDS = ("api_key", "token", "secret_access_key", "account_key", "sas_token", "connection_string",
-                 "service_account_key")
+                 "service_account_key", "client_secret")
 
 
 def encrypt_secrets(config: dict[str, Any], keys: dict[str, bytes]) -> dict[str, Any]:

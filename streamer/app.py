@@ -39,6 +39,7 @@ from streamer.settings.processor import ReplayTarget, SettingsProcessor
 from streamer.settings.rules import Policy
 from streamer.settings.view import SettingsView
 from streamer.sinks.azure_blob.service import AzureBlobSink
+from streamer.sinks.azure_monitor.service import AzureMonitorSink
 from streamer.sinks.base import Delivery, now_ms
 from streamer.sinks.engine import DeliveryEngine, EngineConfig
 from streamer.sinks.gcs.service import GcsSink
@@ -103,7 +104,8 @@ KIND_BY_PHYSICAL = {cfg.topic(t): k for t, k in KIND_BY_TOPIC.items()}
 # Object stores share the S3 delivery topic, log APIs the HTTP one; the record's `type`
 # header picks the engine (README, Decisions: delivery topics).
 DELIVERY_TOPIC = {"s3": cfg.topic(T.DELIVERIES_S3), "http": cfg.topic(T.DELIVERIES_HTTP),
-                  "azure_blob": cfg.topic(T.DELIVERIES_S3), "gcs": cfg.topic(T.DELIVERIES_S3)}
+                  "azure_blob": cfg.topic(T.DELIVERIES_S3), "gcs": cfg.topic(T.DELIVERIES_S3),
+                  "azure_monitor": cfg.topic(T.DELIVERIES_HTTP)}
 
 
 # -- durable produce -------------------------------------------------------------------------
@@ -277,6 +279,9 @@ engines = {
     "gcs": DeliveryEngine("gcs", GcsSink(cfg.encryption_keys, cfg.allow_private_destinations,
                                          cfg.destination_concurrency, cfg.http_timeout_s),
                           produce_all, engine_cfg, produce_durably),
+    "azure_monitor": DeliveryEngine("azure_monitor", AzureMonitorSink(cfg.encryption_keys, cfg.allow_private_destinations,
+                                                                      cfg.destination_concurrency, cfg.http_timeout_s),
+                                    produce_all, engine_cfg, produce_durably),
 }
 
 

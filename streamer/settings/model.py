@@ -103,7 +103,27 @@ class GcsDestination(Strict):
     endpoint_url: str | None = Field(default=None, description="For emulators; default https://storage.googleapis.com.")
 
 
-Destination = Annotated[Union[S3Destination, HttpDestination, AzureBlobDestination, GcsDestination], Field(discriminator="type")]
+class AzureMonitorDestination(Strict):
+    """Azure Monitor Logs through the Logs Ingestion API: records posted to a data collection
+    rule's stream, authenticated by an Entra app registration (client credentials)."""
+
+    type: Literal["azure_monitor"] = "azure_monitor"
+    endpoint: Annotated[str, Field(min_length=8, max_length=2048,
+                                   description="Data collection endpoint (or the rule's logs ingestion endpoint).")]
+    rule_id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$",
+                                  description="The data collection rule's immutable id (dcr-...).")]
+    stream: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.-]+$",
+                                 description="The rule's stream, e.g. Custom-WorkatoAudit_CL.")]
+    tenant_id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")]
+    client_id: Annotated[str, Field(min_length=1, max_length=128)]
+    client_secret: Encrypted
+    authority: str = Field(default="https://login.microsoftonline.com",
+                           description="Microsoft Entra authority (another for sovereign clouds).")
+    gzip: bool = False
+
+
+Destination = Annotated[Union[S3Destination, HttpDestination, AzureBlobDestination, GcsDestination,
+                                   AzureMonitorDestination], Field(discriminator="type")]
 
 
 class Configuration(Strict):

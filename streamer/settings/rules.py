@@ -14,7 +14,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from streamer.settings import secrets, signing
-from streamer.settings.model import (AzureBlobDestination, Command, Configuration, DeletePartnerConfig, DeleteWorkspaceConfig,
+from streamer.settings.model import (AzureBlobDestination, AzureMonitorDestination, Command, Configuration, DeletePartnerConfig, DeleteWorkspaceConfig,
                                      GcsDestination,
                                      HttpDestination, PutPartnerConfig, PutWorkspaceConfig, RegisterWorkspace, ReplayDeadLetters,
                                      Registration, S3Destination, UnregisterWorkspace)
@@ -104,6 +104,11 @@ def check_configuration(config: Configuration, policy: Policy,
             reason = check_url(dest.endpoint_url, policy.allow_private_destinations, resolved)
             if reason:
                 return f"gcs endpoint_url {reason}", None
+    elif isinstance(dest, AzureMonitorDestination):
+        for what, url in (("endpoint", dest.endpoint), ("authority", dest.authority)):
+            reason = check_url(url, policy.allow_private_destinations, resolved)
+            if reason:
+                return f"azure_monitor {what} {reason}", None
     _template, warning = try_compile(config.template)
     return None, warning
 
