@@ -33,6 +33,17 @@ class S3Destination(Strict):
     endpoint_url: str | None = Field(default=None, description="For S3-compatible stores.")
     access_key_id: str | None = Field(default=None, description="None: the deployment's default AWS credentials.")
     secret_access_key: Encrypted | None = None
+    # Cross-account buckets: a role assumed with the credentials above (or the default ones).
+    role_arn: str | None = Field(default=None, max_length=2048,
+                                 pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9_+=,.@/-]+$")
+    external_id: str | None = Field(default=None, min_length=2, max_length=1224, pattern=r"^[A-Za-z0-9_+=,.@:/-]+$")
+    role_session_name: str = Field(default="streamer", min_length=2, max_length=64, pattern=r"^[A-Za-z0-9_+=,.@-]+$")
+    server_side_encryption: Literal["AES256", "aws:kms"] | None = Field(
+        default=None, description="SSE-S3 (AES256) or SSE-KMS (aws:kms, with kms_key_id or the bucket's AWS managed key).")
+    kms_key_id: str | None = Field(default=None, min_length=1, max_length=2048)
+    storage_class: Literal["STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR",
+                           "GLACIER", "DEEP_ARCHIVE", "REDUCED_REDUNDANCY"] | None = None
+    acl: Literal["bucket-owner-full-control"] | None = Field(default=None, description="For buckets of another account.")
 
 
 Provider = Literal["generic", "sumo", "datadog", "splunk"]

@@ -83,6 +83,10 @@ def check_configuration(config: Configuration, policy: Policy,
                 return f"s3 endpoint {reason}", None
         if (dest.access_key_id is None) != (dest.secret_access_key is None):
             return "s3 credentials need both access_key_id and secret_access_key, or neither", None
+        if dest.kms_key_id and dest.server_side_encryption != "aws:kms":
+            return "s3 kms_key_id needs server_side_encryption aws:kms", None
+        if dest.external_id and not dest.role_arn:
+            return "s3 external_id needs role_arn", None
     elif isinstance(dest, AzureBlobDestination):
         reason = check_url(dest.account_url, policy.allow_private_destinations, resolved)
         if reason:
