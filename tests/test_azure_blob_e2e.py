@@ -2,7 +2,8 @@
 
 Three workspaces, one per kind of credential (account key, SAS token, connection string),
 each to its own container; a fourth to a container that does not exist (a fatal error: a
-dead letter at once). Then every topic and the worker's log are scanned for the secrets.
+dead letter at once), replayed once the container exists. Then every topic and the
+worker's log are scanned for the secrets.
 """
 
 from __future__ import annotations
@@ -87,9 +88,17 @@ async def test_blobs_for_each_credential_kind_and_a_missing_container(env, worke
         [name] = await blobs(service, containers["conn"], 1)
         assert name.startswith("az3/activities/") and "-user_login-ua-az3-" in name
 
-    letters = await consume(kafka, prefix + T.DEAD_LETTERS, 1)
-    assert [dict(m.headers)["eid"] for m in letters] == [b"j-az4"]
-    assert b"ContainerNotFound" in dict(letters[0].headers)["err"]
+        letters = await consume(kafka, prefix + T.DEAD_LETTERS, 1)
+        assert [dict(m.headers)["eid"] for m in letters] == [b"j-az4"]
+        assert b"ContainerNotFound" in dict(letters[0].headers)["err"] and dict(letters[0].headers)["type"] == b"azure_blob"
+        # Fixed (the container now exists) and replayed: it reaches Azure, not the S3 engine
+        # that reads the same topic.
+        await service.create_container(f"{tag}-missing")
+        async with admin_for(env) as admin:
+            result = await accepted(admin, "replay_dead_letters", workspace_id="az4")
+        assert result["replayed"] == 1
+        [name] = await blobs(service, f"{tag}-missing", 1)
+        assert name.startswith("az4/jobs/1/")
 
     cli = subprocess.run([sys.executable, "-m", "streamer", "settings", "get", "--workspace", "az3"],
                          capture_output=True, text=True, env={**__import__("os").environ, **env})

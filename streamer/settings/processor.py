@@ -106,7 +106,9 @@ class SettingsProcessor:
             d.destination_id, d.destination = route.destination_id, route.destination
             d.attempts, d.first_attempt_ms = 0, 0
             d.errors.append(f"replayed by command {cmd.command_id}")
-            out.append((self.replay.delivery_topics[kind], d.destination_id.encode(), d.message, d.headers()))
+            # The type header picks the engine where destination types share a delivery topic.
+            out.append((self.replay.delivery_topics[kind], d.destination_id.encode(), d.message,
+                        d.headers(type=kind.encode())))
         if out:
             await self.replay.send_many(out)
         log.info("replayed %d dead letters, skipped %d", len(out), skipped, extra={"command_id": cmd.command_id})
