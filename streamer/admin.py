@@ -29,7 +29,8 @@ from streamer.settings import secrets, signing
 from streamer.settings.rules import Policy, authenticate, check_standalone
 from streamer.settings.state import SettingsState
 
-SECRET_FIELDS = ("api_key", "token", "secret_access_key")
+SECRET_FIELDS = ("api_key", "token", "secret_access_key", "account_key", "sas_token", "connection_string",
+                 "service_account_key", "client_secret")
 
 
 class CommandRefused(ValueError):

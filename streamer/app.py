@@ -42,8 +42,11 @@ from streamer.events.parse import KIND_BY_TOPIC
 from streamer.settings.processor import ReplayTarget, SettingsProcessor
 from streamer.settings.rules import Policy
 from streamer.settings.view import SettingsView
+from streamer.sinks.azure_blob.service import AzureBlobSink
+from streamer.sinks.azure_monitor.service import AzureMonitorSink
 from streamer.sinks.base import Delivery, now_ms
 from streamer.sinks.engine import DeliveryEngine, EngineConfig
+from streamer.sinks.gcs.service import GcsSink
 from streamer.sinks.http.service import HttpSink
 from streamer.sinks.s3.service import S3Sink
 from streamer.notifications import DestinationNotification, ms_to_datetime
@@ -105,7 +108,11 @@ s3_topic = _topic(T.DELIVERIES_S3)
 http_topic = _topic(T.DELIVERIES_HTTP)
 retry_topic = _topic(T.DELIVERIES_RETRY)
 KIND_BY_PHYSICAL = {cfg.topic(t): k for t, k in KIND_BY_TOPIC.items()}
-DELIVERY_TOPIC = {"s3": cfg.topic(T.DELIVERIES_S3), "http": cfg.topic(T.DELIVERIES_HTTP)}
+# Object stores share the S3 delivery topic, log APIs the HTTP one; the record's `type`
+# header picks the engine (README, Decisions: delivery topics).
+DELIVERY_TOPIC = {"s3": cfg.topic(T.DELIVERIES_S3), "http": cfg.topic(T.DELIVERIES_HTTP),
+                  "azure_blob": cfg.topic(T.DELIVERIES_S3), "gcs": cfg.topic(T.DELIVERIES_S3),
+                  "azure_monitor": cfg.topic(T.DELIVERIES_HTTP)}
 
 
 # -- durable produce -------------------------------------------------------------------------
@@ -279,6 +286,15 @@ engines = {
     "http": DeliveryEngine("http", HttpSink(cfg.encryption_keys, cfg.allow_private_destinations,
                                             cfg.destination_concurrency, cfg.http_timeout_s),
                            produce_all, engine_cfg, produce_durably),
+    "azure_blob": DeliveryEngine("azure_blob", AzureBlobSink(cfg.encryption_keys, cfg.allow_private_destinations,
+                                                             cfg.destination_concurrency, cfg.http_timeout_s),
+                                 produce_all, engine_cfg, produce_durably),
+    "gcs": DeliveryEngine("gcs", GcsSink(cfg.encryption_keys, cfg.allow_private_destinations,
+                                         cfg.destination_concurrency, cfg.http_timeout_s),
+                          produce_all, engine_cfg, produce_durably),
+    "azure_monitor": DeliveryEngine("azure_monitor", AzureMonitorSink(cfg.encryption_keys, cfg.allow_private_destinations,
+                                                                      cfg.destination_concurrency, cfg.http_timeout_s),
+                                    produce_all, engine_cfg, produce_durably),
 }
 for _engine in engines.values():
     _engine.observer = status_book
@@ -348,22 +364,28 @@ async def deliver(destination_type: str, events) -> None:
 
 @app.agent(s3_topic)
 async def deliver_s3(stream):
-    await overlapped(stream, cfg.batch_max, cfg.batch_linger_s, lambda events: deliver("s3", events),
+    await overlapped(stream, cfg.batch_max, cfg.batch_linger_s, lambda events: deliver_by_type(events, "s3"),
                      cfg.batches_in_flight, cfg.batch_max_bytes, liveness.progress("deliver_s3"))
 
 
 @app.agent(http_topic)
 async def deliver_http(stream):
-    await overlapped(stream, cfg.batch_max, cfg.batch_linger_s, lambda events: deliver("http", events),
+    await overlapped(stream, cfg.batch_max, cfg.batch_linger_s, lambda events: deliver_by_type(events, "http"),
                      cfg.batches_in_flight, cfg.batch_max_bytes, liveness.progress("deliver_http"))
 
 
-async def redeliver(events) -> None:
+async def deliver_by_type(events, default: str) -> None:
+    """A batch of one topic, to each record's engine (its `type` header; records written
+    before the header existed are the topic's own type)."""
     by_type: dict[str, list] = defaultdict(list)
     for e in events:
-        by_type[dict(e.message.headers or ()).get("type", b"http").decode("utf-8", "replace")].append(e)
+        by_type[dict(e.message.headers or ()).get("type", default.encode()).decode("utf-8", "replace")].append(e)
     for destination_type, group in by_type.items():
         await deliver(destination_type, group)
+
+
+async def redeliver(events) -> None:
+    await deliver_by_type(events, "http")
 
 
 @app.agent(retry_topic)

@@ -16,6 +16,8 @@ from streamer.keys import activity_key, job_key, key_problem
 from streamer.settings.state import Route, SettingsState
 
 LINES_REPLACEMENT = "Log lines exceed size limit"
+# Destinations that store one object per event at the key layout of spec 4.1.
+OBJECT_STORES = frozenset({"s3", "azure_blob", "gcs"})
 
 
 @dataclass(slots=True)
@@ -96,7 +98,7 @@ def route(state: SettingsState, kind: str, value: bytes | None, key: bytes | Non
     if not target.wants(kind):
         return Skip("not_selected")
     okey = None
-    if target.destination_type == "s3":
+    if target.destination_type in OBJECT_STORES:
         okey = object_key(event, target.s3_prefix)
         if type(okey) is Rejection:
             return okey
@@ -109,6 +111,7 @@ def route(state: SettingsState, kind: str, value: bytes | None, key: bytes | Non
         ("eid", event.event_id.encode()),
         ("kind", kind.encode()),
         ("ts", str(produced_ms).encode()),
+        ("type", target.destination_type.encode()),  # the engine, where destination types share a topic
     ]
     if okey is not None:
         headers.append(("okey", okey.encode()))

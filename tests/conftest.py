@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.dev.local import Kafka, MotoS3, free_port
+from streamer.dev.local import Azurite, FakeGcs, Kafka, MotoS3, free_port
 from streamer.topics_admin import apply_topics
 
 from tests.support import WorkerProcess, worker_env
@@ -46,6 +46,35 @@ def s3(tmp_path_factory):
         yield m.endpoint
     finally:
         m.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    """Azurite's Blob service (installed from npm into .cache/ on first use), for the
+    tests that ask for it; STREAMER_TEST_AZURITE=<account url> uses a running one."""
+    if os.environ.get("STREAMER_TEST_AZURITE"):
+        yield os.environ["STREAMER_TEST_AZURITE"]
+        return
+    a = Azurite(tmp_path_factory.mktemp("azurite"), free_port())
+    a.start()
+    try:
+        yield a.account_url
+    finally:
+        a.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+    """fake-gcs-server, for the tests that ask for it; STREAMER_TEST_GCS=<url> uses a running one."""
+    if os.environ.get("STREAMER_TEST_GCS"):
+        yield os.environ["STREAMER_TEST_GCS"]
+        return
+    g = FakeGcs(tmp_path_factory.mktemp("gcs"), free_port())
+    g.start()
+    try:
+        yield g.endpoint
+    finally:
+        g.stop()
 
 
 @pytest.fixture

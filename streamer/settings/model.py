@@ -57,6 +57,17 @@ class S3Destination(Strict):
     access_key_id: Annotated[str, Field(max_length=256)] | None = Field(
         default=None, description="None: the deployment's default AWS credentials.")
     secret_access_key: Encrypted | None = None
+    # Cross-account buckets: a role assumed with the credentials above (or the default ones).
+    role_arn: str | None = Field(default=None, max_length=2048,
+                                 pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9_+=,.@/-]+$")
+    external_id: str | None = Field(default=None, min_length=2, max_length=1224, pattern=r"^[A-Za-z0-9_+=,.@:/-]+$")
+    role_session_name: str = Field(default="streamer", min_length=2, max_length=64, pattern=r"^[A-Za-z0-9_+=,.@-]+$")
+    server_side_encryption: Literal["AES256", "aws:kms"] | None = Field(
+        default=None, description="SSE-S3 (AES256) or SSE-KMS (aws:kms, with kms_key_id or the bucket's AWS managed key).")
+    kms_key_id: str | None = Field(default=None, min_length=1, max_length=2048)
+    storage_class: Literal["STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR",
+                           "GLACIER", "DEEP_ARCHIVE", "REDUCED_REDUNDANCY"] | None = None
+    acl: Literal["bucket-owner-full-control"] | None = Field(default=None, description="For buckets of another account.")
 
     @field_validator("prefix")
     @classmethod
@@ -140,7 +151,59 @@ class HttpDestination(Strict):
         return self
 
 
-Destination = Annotated[Union[S3Destination, HttpDestination], Field(discriminator="type")]
+class AzureBlobDestination(Strict):
+    """Azure Blob Storage: one blob per event at the S3 key layout (spec 4.1).
+
+    `account_url` is always given, even with a connection string: where the events go is
+    then visible in `settings get` and checked by the SSRF guard; from a connection string
+    only its credential (AccountKey or SharedAccessSignature) is used. No credential at all:
+    the deployment's default Azure credentials (environment, workload or managed identity)."""
+
+    type: Literal["azure_blob"] = "azure_blob"
+    account_url: Annotated[str, Field(min_length=8, max_length=2048,
+                                      description="https://<account>.blob.core.windows.net")]
+    container: Annotated[str, Field(min_length=3, max_length=63, pattern=r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")]
+    prefix: str = ""
+    account_name: str | None = Field(default=None, description="With account_key; default: from account_url.")
+    account_key: Encrypted | None = None
+    sas_token: Encrypted | None = None
+    connection_string: Encrypted | None = None
+
+
+class GcsDestination(Strict):
+    """Google Cloud Storage: one object per event at the S3 key layout (spec 4.1).
+
+    `service_account_key` is the JSON key file's content, encrypted; None: the deployment's
+    default Google credentials (GOOGLE_APPLICATION_CREDENTIALS, the metadata server)."""
+
+    type: Literal["gcs"] = "gcs"
+    bucket: Annotated[str, Field(min_length=3, max_length=222)]
+    prefix: str = ""
+    service_account_key: Encrypted | None = None
+    endpoint_url: str | None = Field(default=None, description="For emulators; default https://storage.googleapis.com.")
+
+
+class AzureMonitorDestination(Strict):
+    """Azure Monitor Logs through the Logs Ingestion API: records posted to a data collection
+    rule's stream, authenticated by an Entra app registration (client credentials)."""
+
+    type: Literal["azure_monitor"] = "azure_monitor"
+    endpoint: Annotated[str, Field(min_length=8, max_length=2048,
+                                   description="Data collection endpoint (or the rule's logs ingestion endpoint).")]
+    rule_id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$",
+                                  description="The data collection rule's immutable id (dcr-...).")]
+    stream: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.-]+$",
+                                 description="The rule's stream, e.g. Custom-WorkatoAudit_CL.")]
+    tenant_id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")]
+    client_id: Annotated[str, Field(min_length=1, max_length=128)]
+    client_secret: Encrypted
+    authority: str = Field(default="https://login.microsoftonline.com",
+                           description="Microsoft Entra authority (another for sovereign clouds).")
+    gzip: bool = False
+
+
+Destination = Annotated[Union[S3Destination, HttpDestination, AzureBlobDestination, GcsDestination,
+                                   AzureMonitorDestination], Field(discriminator="type")]
 
 
 class Configuration(Strict):

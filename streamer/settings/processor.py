@@ -183,8 +183,9 @@ class SettingsProcessor:
             d.destination_id, d.destination = route.destination_id, route.destination
             d.attempts, d.first_attempt_ms = 0, 0
             d.errors.append(f"replayed by command {cmd.command_id}")
+            # The type header picks the engine where destination types share a delivery topic.
             out.append((self.replay.delivery_topics[destination_type], d.destination_id.encode(), d.message,
-                        d.headers()))
+                        d.headers(type=destination_type.encode())))
             pending_bytes += len(d.message)
             if len(out) >= REPLAY_CHUNK or pending_bytes >= REPLAY_CHUNK_BYTES:
                 await self.replay.send_many(out)

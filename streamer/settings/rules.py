@@ -16,12 +16,15 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from streamer.settings import limits, secrets, signing
-from streamer.settings.model import (Command, Configuration, DeletePartnerConfig, DeleteWorkspaceConfig,
+from streamer.settings.model import (AzureBlobDestination, AzureMonitorDestination, Command, Configuration,
+                                     DeletePartnerConfig, DeleteWorkspaceConfig, GcsDestination,
                                      HttpDestination, PutPartnerConfig, PutWorkspaceConfig, RegisterWorkspace, ReplayDeadLetters,
                                      Registration, S3Destination, TestDestination, UnregisterWorkspace)
 from streamer.settings.state import SettingsState
 from streamer.settings.urls import check_url
 from streamer.templates import try_compile
+from streamer.sinks.azure_blob import request as azure_blob_request
+from streamer.sinks.gcs import request as gcs_request
 
 _COMMAND = TypeAdapter(Command)
 
@@ -102,6 +105,37 @@ def check_configuration(config: Configuration, policy: Policy, scope: str,
                 return f"s3 endpoint {reason}", None
         if (dest.access_key_id is None) != (dest.secret_access_key is None):
             return "s3 credentials need both access_key_id and secret_access_key, or neither", None
+        if dest.kms_key_id and dest.server_side_encryption != "aws:kms":
+            return "s3 kms_key_id needs server_side_encryption aws:kms", None
+        if dest.external_id and not dest.role_arn:
+            return "s3 external_id needs role_arn", None
+    elif isinstance(dest, AzureBlobDestination):
+        reason = check_url(dest.account_url, policy.allow_private_destinations, resolved)
+        if reason:
+            return f"azure_blob account_url {reason}", None
+        reason = azure_blob_request.check_destination(dest.model_dump(mode="json"),
+                                                      lambda env, field: secrets.decrypt(env, policy.encryption_keys, scope, field))
+        if reason:
+            return reason, None
+    elif isinstance(dest, GcsDestination):
+        if dest.service_account_key is not None:
+            try:
+                key = gcs_request.parse_key(secrets.decrypt(dest.service_account_key.enc, policy.encryption_keys, scope,
+                                                                "destination.service_account_key"))
+            except ValueError as e:
+                return f"gcs {e}", None
+            reason = gcs_request.check_token_uri(key, policy.allow_private_destinations)
+            if reason:
+                return f"gcs {reason}", None
+        if dest.endpoint_url:
+            reason = check_url(dest.endpoint_url, policy.allow_private_destinations, resolved)
+            if reason:
+                return f"gcs endpoint_url {reason}", None
+    elif isinstance(dest, AzureMonitorDestination):
+        for what, url in (("endpoint", dest.endpoint), ("authority", dest.authority)):
+            reason = check_url(url, policy.allow_private_destinations, resolved)
+            if reason:
+                return f"azure_monitor {what} {reason}", None
     _template, warning = try_compile(config.template)
     return None, warning
 

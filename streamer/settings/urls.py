@@ -118,12 +118,14 @@ def check_url(url: str, allow_private: bool, resolved: dict[str, list[str]] | No
 
 
 def urls_in(command: Any) -> list[str]:
-    """The destination URLs a command carries (REST url, S3 endpoint_url); [] for anything malformed."""
+    """The destination URLs a command carries (REST url, S3 endpoint_url, Azure account_url,
+    Azure Monitor endpoint and authority); [] for anything malformed."""
     config = command.get("config") if isinstance(command, dict) else None
     dest = config.get("destination") if isinstance(config, dict) else None
     if not isinstance(dest, dict):
         return []
-    return [u for u in (dest.get("url"), dest.get("endpoint_url")) if isinstance(u, str)]
+    return [u for u in (dest.get("url"), dest.get("endpoint_url"), dest.get("account_url"), dest.get("endpoint"),
+                        dest.get("authority")) if isinstance(u, str)]
 
 
 async def resolve_hosts(urls: Iterable[str], timeout: float = 5.0) -> dict[str, list[str]]:

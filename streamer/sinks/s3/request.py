@@ -88,13 +88,40 @@ def object_url(base_url: str, key: str) -> str:
     return base_url + percent_encode(key, safe="/~")
 
 
-def signed_headers(url: str, body: bytes, credentials: Any, region: str) -> dict[str, str]:
+def object_headers(dest: dict[str, Any]) -> dict[str, str]:
+    """The PUT's headers beyond the body's: encryption, storage class, canned ACL. They are
+    signed with the request, so S3 refuses them if anything on the way changes them."""
+    headers = {"Content-Type": CONTENT_TYPE}
+    if dest.get("server_side_encryption"):
+        headers["x-amz-server-side-encryption"] = dest["server_side_encryption"]
+        if dest.get("kms_key_id"):
+            headers["x-amz-server-side-encryption-aws-kms-key-id"] = dest["kms_key_id"]
+    if dest.get("storage_class"):
+        headers["x-amz-storage-class"] = dest["storage_class"]
+    if dest.get("acl"):
+        headers["x-amz-acl"] = dest["acl"]
+    return headers
+
+
+def assume_role_args(dest: dict[str, Any]) -> dict[str, str]:
+    """STS AssumeRole's arguments besides the role: the session name and the external id."""
+    args = {"RoleSessionName": dest.get("role_session_name") or "streamer"}
+    if dest.get("external_id"):
+        args["ExternalId"] = dest["external_id"]
+    return args
+
+
+_PLAIN = {"Content-Type": CONTENT_TYPE}
+
+
+def signed_headers(url: str, body: bytes, credentials: Any, region: str,
+                   headers: dict[str, str] = _PLAIN) -> dict[str, str]:
     """Headers of a PUT of `body` to `url`, signed with botocore's S3 SigV4 signer.
 
     `credentials` are frozen (access key, secret key, token), so a refresh cannot change
     them halfway through a signature. The payload's SHA-256 is signed (botocore's default
     for a PUT without Content-MD5), so S3 checks the body end to end."""
-    request = AWSRequest(method="PUT", url=url, data=body, headers={"Content-Type": CONTENT_TYPE})
+    request = AWSRequest(method="PUT", url=url, data=body, headers=dict(headers))
     S3SigV4Auth(credentials, "s3", region).add_auth(request)
     return dict(request.headers.items())
 
@@ -104,10 +131,11 @@ def signed_headers(url: str, body: bytes, credentials: Any, region: str) -> dict
 BIG_BODY = 1 << 20
 
 
-async def signed_headers_async(url: str, body: bytes, credentials: Any, region: str) -> dict[str, str]:
+async def signed_headers_async(url: str, body: bytes, credentials: Any, region: str,
+                               headers: dict[str, str] = _PLAIN) -> dict[str, str]:
     if len(body) >= BIG_BODY:
-        return await asyncio.to_thread(signed_headers, url, body, credentials, region)
-    return signed_headers(url, body, credentials, region)
+        return await asyncio.to_thread(signed_headers, url, body, credentials, region, headers)
+    return signed_headers(url, body, credentials, region, headers)
 
 
 def error_code(body: bytes) -> tuple[str, str]:

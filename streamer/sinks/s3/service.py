@@ -32,11 +32,13 @@ import hashlib
 import inspect
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import orjson
+from aiobotocore.credentials import (AioAssumeRoleCredentialFetcher, AioCredentials,
+                                     AioDeferredRefreshableCredentials)
 from aiobotocore.session import get_session
 from botocore.credentials import Credentials
 from botocore.exceptions import NoCredentialsError
@@ -48,8 +50,9 @@ from streamer.settings.urls import literal_problem
 from streamer.sinks.adaptive import AdaptiveLimit
 from streamer.sinks.base import Delivery, Outcome
 from streamer.sinks.http.service import PublicOnlyResolver
-from streamer.sinks.s3.request import (BIG_BODY, FATAL_CODES, classify, connection_failure, object_base_url, object_url,
-                                       signed_headers_async, unexpected_failure)
+from streamer.sinks.s3.request import (BIG_BODY, FATAL_CODES, assume_role_args, classify, connection_failure,
+                                       object_base_url, object_headers, object_url, signed_headers_async,
+                                       unexpected_failure)
 
 __all__ = ["S3Sink", "FATAL_CODES"]
 
@@ -118,7 +121,7 @@ class S3Sink:
             own = Credentials(dest["access_key_id"], secret).get_frozen_credentials()
             secrets.append(secret)
         found = _Target(base, region, own, AdaptiveLimit(self.INITIAL_CONCURRENCY, self._max_concurrency),
-                        public_only, secrets)
+                        public_only, secrets, object_headers(dest), dest.get("role_arn"), assume_role_args(dest))
         self._targets[fp] = found
         if len(self._targets) > self.MAX_DESTINATIONS:
             self._targets.popitem(last=False)
@@ -127,15 +130,34 @@ class S3Sink:
     async def _credentials(self, target: "_Target"):
         """Frozen credentials for one signature: the destination's own, or the default
         chain's, refreshed by botocore when they near expiry."""
-        if target.credentials is not None:
+        if target.role_arn is not None:
+            creds = target.role_credentials or await self._assume(target)
+        elif target.credentials is not None:
             return target.credentials
-        creds = self._default_credentials
-        if creds is None:
-            creds = await self._resolve_default()
+        else:
+            creds = self._default_credentials
+            if creds is None:
+                creds = await self._resolve_default()
         frozen = creds.get_frozen_credentials()
         if inspect.isawaitable(frozen):  # aiobotocore's credentials refresh asynchronously
             frozen = await frozen
         return frozen
+
+    async def _assume(self, target: "_Target"):
+        """The destination's role, assumed with its own keys or the default chain's, as
+        refreshable credentials: botocore renews them before they expire (15 minutes ahead,
+        at the latest 10), once, however many PUTs are waiting."""
+        if target.credentials is not None:
+            source = AioCredentials(target.credentials.access_key, target.credentials.secret_key,
+                                    target.credentials.token)
+        else:
+            source = self._default_credentials or await self._resolve_default()
+        session = get_session()
+        fetcher = AioAssumeRoleCredentialFetcher(
+            lambda service, **kw: session.create_client(service, region_name=target.region, **kw),
+            source, target.role_arn, extra_args=dict(target.role_args))
+        target.role_credentials = AioDeferredRefreshableCredentials(fetcher.fetch_credentials, "assume-role")
+        return target.role_credentials
 
     async def _resolve_default(self):
         async with self._default_lock:
@@ -187,7 +209,7 @@ class S3Sink:
                 started = time.monotonic()
                 credentials = await self._credentials(target)
                 url = object_url(target.base_url, d.object_key)
-                headers = await signed_headers_async(url, d.message, credentials, target.region)
+                headers = await signed_headers_async(url, d.message, credentials, target.region, target.headers)
                 # encoded=True: send the path exactly as signed, not re-quoted by yarl.
                 async with session.put(URL(url, encoded=True), data=d.message, headers=headers,
                                        allow_redirects=False) as resp:
@@ -235,3 +257,7 @@ class _Target:
     limit: AdaptiveLimit  # its concurrent PUTs
     public_only: bool  # a tenant's own endpoint: only globally routable addresses
     secrets: list[str]  # the decrypted secrets, redacted from every error text
+    headers: dict  # signed with every PUT: Content-Type, encryption, storage class, ACL
+    role_arn: str | None = None  # assumed with `credentials` (or the default chain) when set
+    role_args: dict = field(default_factory=dict)  # RoleSessionName, ExternalId
+    role_credentials: Any = None  # the assumed role's refreshable credentials, once made
