@@ -37,7 +37,7 @@ from streamer.config import Config
 from streamer.gc_tuning import track_gc_time, tune_gc
 from streamer.kafka_client import KafkaSecurity
 from streamer.logs import logging_config
-from streamer.routing import Routed, Skip, route_safely
+from streamer.routing import OBJECT_STORES, Routed, Skip, route_safely
 from streamer.events.parse import KIND_BY_TOPIC
 from streamer.settings.processor import ReplayTarget, SettingsProcessor
 from streamer.settings.rules import Policy
@@ -303,7 +303,8 @@ for _engine in engines.values():
 async def test_destination(target, command_id: str) -> str | None:
     """A test command's synthetic event through the real sink (not the engine: a test must
     not trip the breaker, park or dead-letter). None when the destination took it, else its
-    answer, redacted. S3: a real PutObject under the destination's prefix."""
+    answer, redacted. Object stores (S3, Azure Blob, GCS): a real object under the destination's
+    prefix."""
     engine = engines.get(target.destination_type)
     if engine is None:
         return f"unknown destination type {target.destination_type!r}"
@@ -314,7 +315,7 @@ async def test_destination(target, command_id: str) -> str | None:
     key = (target.s3_prefix.rstrip("/") + "/" if target.s3_prefix else "") + f"streamer-test/{event_id}.json"
     d = Delivery(destination_id=target.destination_id, destination=target.destination,
                  workspace_id=target.workspace_id, event_id=event_id, kind="test", message=message,
-                 object_key=key if target.destination_type == "s3" else None)
+                 object_key=key if target.destination_type in OBJECT_STORES else None)
     try:
         [outcome] = await asyncio.wait_for(engine.sink.send(orjson.loads(target.destination), [d]),
                                            cfg.http_timeout_s + 5)

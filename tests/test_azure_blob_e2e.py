@@ -99,6 +99,11 @@ async def test_blobs_for_each_credential_kind_and_a_missing_container(env, worke
         assert result["replayed"] == 1
         [name] = await blobs(service, f"{tag}-missing", 1)
         assert name.startswith("az4/jobs/1/")
+        # `streamer settings test` writes a real test blob through the same sink.
+        async with admin_for(env) as admin:
+            await accepted(admin, "test_destination", workspace_id="az3")
+        names = await blobs(service, containers["conn"], 2)
+        assert any(n.startswith("streamer-test/") for n in names), names
 
     cli = subprocess.run([sys.executable, "-m", "streamer", "settings", "get", "--workspace", "az3"],
                          capture_output=True, text=True, env={**__import__("os").environ, **env})
