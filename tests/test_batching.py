@@ -226,3 +226,24 @@ def test_faust_internals_this_relies_on():
     # Faust ends a stream by throwing StopAsyncIteration into its channel's queue
     from faust.agents import actor
     assert "self.stream.channel)._throw(StopAsyncIteration())" in inspect.getsource(actor)
+
+
+class Big:
+    """An event whose value is `size` bytes."""
+
+    def __init__(self, offset: int, size: int) -> None:
+        self.message = type("M", (), {"tp": "raw-0", "offset": offset, "value": b"x" * size})()
+
+
+async def test_a_batch_ends_at_its_byte_limit_and_the_queue_is_full_at_its_own():
+    """40 MB events come one or two at a time, however many a batch may hold by count."""
+    from streamer.batching import ByteBoundedQueue, _next_batch
+
+    queue = ByteBoundedQueue(maxsize=8192, flow_control=FlowControlEvent(), max_bytes=250)
+    for i in range(3):
+        queue.put_nowait(Big(i, 100))
+    assert queue.full() and queue.qsize() == 3  # by bytes, far under its count
+    batch = await _next_batch(queue, 500, 0.0, max_bytes=250)
+    assert [e.message.offset for e in batch] == [0, 1]  # a third would pass 250 bytes
+    assert not queue.full() and queue.bytes == 100
+    assert [e.message.offset for e in await _next_batch(queue, 500, 0.0, max_bytes=250)] == [2]

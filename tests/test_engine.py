@@ -174,3 +174,15 @@ async def test_a_delivery_the_broker_refuses_to_park_is_dead_lettered_and_a_refu
     (topic, _, h), = produced
     assert topic == "dlq" and big.settled
     assert h["truncated"] == b"200000" and b"MessageSizeTooLarge" in h["truncated_reason"]
+
+
+async def test_idle_destinations_forget_their_limit_and_closed_breaker_but_not_an_open_one():
+    sink = ScriptedSink({"busy": [], "idle": [], "down": [Outcome(False, True, "HTTP 503")] * 10})
+    e = engine(sink, [], inline_retries=0, breaker_failures=1, breaker_reset_s=3600, idle_evict_s=0.05)
+    await e.process([delivery("idle", "i1"), delivery("down", "d1")])
+    assert {"idle", "down"} <= set(e.limits) | set(e.breakers)
+    await asyncio.sleep(0.1)
+    e._next_sweep = 0
+    await e.process([delivery("busy", "b1")])
+    assert "idle" not in e.breakers and "idle" not in e.limits
+    assert e.breakers["down"].is_open  # an open breaker is kept: it still protects the others
