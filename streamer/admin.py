@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streamer import topics as T
 from streamer.kafka_client import KafkaSecurity, client_kwargs
+from streamer.idempotence import IdempotentProducer
 from streamer.settings import secrets, signing
 from streamer.settings.rules import Policy, authenticate, check_standalone
 from streamer.settings.state import SettingsState
@@ -97,8 +98,8 @@ class AdminClient:
         self._producer: AIOKafkaProducer | None = None
 
     async def __aenter__(self) -> "AdminClient":
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
-                                          **client_kwargs(self.security))
+        self._producer = IdempotentProducer(bootstrap_servers=self.bootstrap,
+                                            **client_kwargs(self.security))
         try:
             await self._producer.start()
         except BaseException:

@@ -31,6 +31,7 @@ from mode.services import WaitResults
 from mode.utils.queues import ThrowableQueue
 
 from streamer.acks import OrderedAcks
+from streamer.idempotence import IdempotentProducer
 from streamer.liveness import Progress
 
 from streamer import metrics
@@ -109,17 +110,18 @@ class _Started:
 
 
 class Producer(faust_aiokafka.Producer):
-    """Faust's producer with acks=all, deliberately *not* idempotent.
+    """Faust's producer, idempotent with acks=all, on `IdempotentProducer`.
 
-    Idempotence would keep a failover's resent batch from being written twice, but
-    aiokafka's idempotent producer does not recover its sequence numbers after the broker
-    refuses a record for what it is (MessageSizeTooLarge): every later send to that
-    partition then fails with OutOfOrderSequenceNumber, for ever (tests/test_poison.py
-    caught exactly this). A duplicate after a failover is within at-least-once; a stalled
-    partition is not."""
+    Idempotence keeps a batch resent after a broker failover from being written twice.
+    The stock aiokafka idempotent producer would wedge a partition for good after the broker
+    refuses one record (a poison record can cause that; see `streamer/idempotence.py`)."""
 
     def _settings_extra(self):
-        return {**super()._settings_extra(), "acks": "all"}
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+    @property
+    def _producer_type(self):
+        return IdempotentProducer
 
 
 class Transport(faust_aiokafka.Transport):
