@@ -10,6 +10,7 @@ Everything here runs offline, with tools installed as dev dependencies:
     every object is validated against the Kubernetes OpenAPI schemas with strict field
     validation (kubernetes-validate), custom resources against the CRD schemas vendored
     in tests/deploy_schemas/; then the cross-object wiring is checked.
+  - the PrometheusRule: `promtool check rules` and promtool unit tests of the alerts.
 Each validator is also shown to reject a broken input.
 """
 
@@ -844,3 +845,56 @@ def test_the_deploy_doc_names_what_the_files_define():
         assert f":{port}" in compose, f"docs/deploy.md uses localhost:{port}, not published by compose"
     readme = (ROOT / "README.md").read_text()
     assert "docs/deploy.md" in readme
+
+
+# -- the alerts, evaluated by Prometheus' own promtool ------------------------------------------
+
+PROMTOOL_TESTS = Path(__file__).resolve().parent / "promtool" / "alerts_test.yaml"
+
+
+@functools.lru_cache(maxsize=None)
+def _promtool() -> str:
+    """promtool from Debian's `prometheus` package (the registry this machine reaches),
+    downloaded once into the project's cache and unpacked without installing it."""
+    import os
+    import shutil
+    import tempfile
+
+    cache = Path(os.environ.get("STREAMER_CACHE_DIR", ROOT / ".cache")) / "promtool"
+    tool = cache / "promtool"
+    if tool.exists():
+        return str(tool)
+    if not shutil.which("apt-get") or not shutil.which("dpkg"):
+        pytest.skip("promtool needs Debian's apt-get and dpkg to fetch the prometheus package")
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["apt-get", "download", "prometheus"], cwd=tmp, check=True, capture_output=True, timeout=300)
+        (deb,) = Path(tmp).glob("prometheus_*.deb")
+        subprocess.run(["dpkg", "-x", str(deb), str(Path(tmp) / "x")], check=True, timeout=120)
+        cache.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Path(tmp) / "x" / "usr" / "bin" / "promtool", tool)
+    return str(tool)
+
+
+def _promtool_run(rules: dict, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
+    (tmp_path / PROMTOOL_TESTS.name).write_text(PROMTOOL_TESTS.read_text())
+    return subprocess.run([_promtool(), *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+
+def _prometheus_rules() -> dict:
+    return yaml.safe_load((ROOT / "k8s" / "base" / "prometheusrule.yaml").read_text())["spec"]
+
+
+def test_alert_rules_pass_promtool_check_and_its_unit_tests(tmp_path):
+    checked = _promtool_run(_prometheus_rules(), tmp_path, "check", "rules", "rules.yaml")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = _promtool_run(_prometheus_rules(), tmp_path, "test", "rules", PROMTOOL_TESTS.name)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_promtool_unit_tests_catch_a_changed_alert(tmp_path):
+    rules = _prometheus_rules()
+    breaker = next(r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "StreamerDestinationBreakerOpen")
+    breaker["for"] = "5m"  # would page on a 9-minute blip
+    tested = _promtool_run(rules, tmp_path, "test", "rules", PROMTOOL_TESTS.name)
+    assert tested.returncode != 0 and "StreamerDestinationBreakerOpen" in tested.stdout + tested.stderr
