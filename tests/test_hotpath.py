@@ -151,6 +151,10 @@ def test_compact_workspace_entries_give_back_the_models_and_the_same_digest():
                           partner_wide=2, encryption_keys=keys, apply=False).rows
     rows += build_settings(s3_destination("https://s3.example.com", "bucket"), workspaces=50, partners=1,
                            partner_wide=0, encryption_keys=keys, apply=False, seed=3).rows
+    some = next(c for c in (orjson.loads(v).get("config") for k, v in rows if k.startswith(b"ws/")) if c)
+    disabled = {**some, "enabled": False}
+    rows.append((b"ws/disabled", orjson.dumps({"registration": {"workspace_id": "disabled", "partner_id": "p",
+                                                                "role": "customer"}, "config": disabled})))
     state = __import__("streamer.settings.state", fromlist=["SettingsState"]).SettingsState()
     for offset, (k, v) in enumerate(rows):
         state.apply(k, v, offset)
@@ -165,6 +169,30 @@ def test_compact_workspace_entries_give_back_the_models_and_the_same_digest():
     for pid in sorted(state.partners):
         h.update(orjson.dumps([pid, state.partners[pid].config.model_dump(mode="json")]))
     assert state.digest() == h.hexdigest()
+    # Both ways of keeping a configuration were exercised: without its destination (held by
+    # the route) and whole (disabled, no route).
+    assert {e._config_tail for e in state.workspaces.values() if e._config is not None} == {True, False}
+
+
+def test_only_commands_that_can_still_be_replayed_are_remembered():
+    from datetime import timedelta
+
+    from streamer import topics as T
+    from streamer.settings.state import SEEN_HORIZON, SettingsState
+
+    retention_ms = int(next(t for t in T.TOPICS if t.name == T.SETTINGS_COMMANDS).configs["retention.ms"])
+    assert SEEN_HORIZON >= timedelta(milliseconds=retention_ms) + timedelta(days=7)  # + a segment's span
+    state = SettingsState()
+    now = datetime.now(timezone.utc)
+    for offset, (cid, issued) in enumerate([("old", now - SEEN_HORIZON - timedelta(hours=1)),
+                                            ("recent", now - SEEN_HORIZON + timedelta(hours=1))]):
+        row = {"registration": {"workspace_id": cid, "partner_id": "p", "role": "customer"}, "config": None,
+               "command": {"id": cid, "offset": offset, "issued_at": issued.isoformat()}}
+        state.apply(f"ws/{cid}".encode(), orjson.dumps(row), offset)
+    assert set(state.seen) == {"recent"} and set(state.workspaces) == {"old", "recent"}
+    # A row read again (the same offset) changes nothing.
+    state.apply(b"ws/old", None, 0)
+    assert "old" in state.workspaces
 
 
 @pytest.mark.parametrize("dest", [{}, {"ddsource": "s", "service": "svc", "ddtags": "env:x,team:y", "hostname": "h"},

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -62,10 +62,12 @@ class WorkspaceEntry:
     The registration and configuration were validated when the row was applied; they are
     kept as their compact JSON (a pydantic model costs kilobytes) and rebuilt as models on
     access, which only command handling and the admin CLI do. Routing reads `partner_id`
-    and `route`.
+    and `route`. The destination, the last and largest part of a configuration, is kept
+    once: when the route holds it, `_config` stops just before it (`_config_tail`), which
+    takes a third off a million-workspace table.
     """
 
-    __slots__ = ("partner_id", "route", "command_id", "_registration", "_config")
+    __slots__ = ("partner_id", "route", "command_id", "_registration", "_config", "_config_tail")
 
     def __init__(self, registration: Registration | None, config: Configuration | None, route: Route | None,
                  command_id: str | None):
@@ -74,6 +76,17 @@ class WorkspaceEntry:
         self.command_id = command_id
         self._registration = _json(registration)
         self._config = _json(config)
+        self._config_tail = False
+        if route is not None and self._config is not None:
+            ending = route.destination + b"}"
+            if self._config.endswith(ending):
+                self._config = self._config[:-len(ending)]
+                self._config_tail = True
+
+    def _config_json(self) -> bytes | None:
+        if self._config_tail:
+            return self._config + self.route.destination + b"}"
+        return self._config
 
     @property
     def registration(self) -> Registration | None:
@@ -81,11 +94,12 @@ class WorkspaceEntry:
 
     @property
     def config(self) -> Configuration | None:
-        return None if self._config is None else Configuration.model_validate_json(self._config)
+        data = self._config_json()
+        return None if data is None else Configuration.model_validate_json(data)
 
     def fingerprint(self, ws: str) -> bytes:
         """orjson of [ws, registration dump, configuration dump], without rebuilding the models."""
-        return orjson.dumps([ws, _fragment(self._registration), _fragment(self._config)])
+        return orjson.dumps([ws, _fragment(self._registration), _fragment(self._config_json())])
 
     def __repr__(self) -> str:
         return (f"WorkspaceEntry(partner_id={self.partner_id!r}, registered={self._registration is not None}, "
@@ -113,6 +127,12 @@ class PartnerEntry:
     command_id: str | None
 
 
+# The commands topic keeps records 30 days (streamer/topics.py); the broker deletes a whole
+# segment only once its newest record is past retention, which adds up to a segment's span
+# (segment.ms, 7 days by default). tests/test_pure.py ties this to the topic definition.
+SEEN_HORIZON = timedelta(days=30 + 7 + 1)
+
+
 @dataclass(slots=True)
 class SeenCommand:
     offset: int
@@ -126,14 +146,19 @@ class SettingsState:
     partners: dict[str, PartnerEntry] = field(default_factory=dict)
     seen: dict[str, SeenCommand] = field(default_factory=dict)
     version: int = -1  # offset of the last table row applied
-    key_offsets: dict[bytes, int] = field(default_factory=dict)
+    # Commands issued before this can no longer be on the commands topic, so no record can
+    # replay them: the command that wrote a row is remembered only if it is newer. (Else a
+    # worker would hold, and the processor then tombstone, one id per workspace ever set.)
+    seen_floor: datetime = field(default_factory=lambda: datetime.now(timezone.utc) - SEEN_HORIZON)
 
     # -- applying table rows -------------------------------------------------------------
     def apply(self, key: bytes, value: bytes | None, offset: int) -> None:
-        if offset <= self.key_offsets.get(key, -1):
+        # The table is one partition, read in order, so a row at or below the last offset
+        # applied is a re-read and already in force. (An offset per key would say the same
+        # at ~100 bytes a workspace.)
+        if offset <= self.version:
             return
-        self.key_offsets[key] = offset
-        self.version = max(self.version, offset)
+        self.version = offset
         kind, _, ident = key.decode().partition("/")
         row = orjson.loads(value) if value is not None else None
         if kind == "ws":
@@ -149,7 +174,9 @@ class SettingsState:
         if row is not None and "command" in row:
             cmd = row["command"]
             if cmd["id"] not in self.seen:
-                self.seen[cmd["id"]] = SeenCommand(cmd["offset"], datetime.fromisoformat(cmd["issued_at"]), None)
+                issued_at = datetime.fromisoformat(cmd["issued_at"])
+                if issued_at >= self.seen_floor:
+                    self.seen[cmd["id"]] = SeenCommand(cmd["offset"], issued_at, None)
 
     def _apply_workspace(self, ws: str, row: dict | None) -> None:
         if row is None or (row.get("registration") is None and row.get("config") is None):
