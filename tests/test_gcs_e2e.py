@@ -1,8 +1,9 @@
 """Google Cloud Storage, end to end: real broker, a worker subprocess, fake-gcs-server.
 
 One workspace with a service-account key whose token URI is a real token endpoint here
-(it verifies the key's signed JWT before it issues a token, as Google's does), one whose
-bucket does not exist (a dead letter at once). Then the topics and the worker's log are
+(it verifies the key's signed JWT before it issues a token, as Google's does), one with the
+deployment's default credentials (GOOGLE_APPLICATION_CREDENTIALS, same token endpoint), one
+whose bucket does not exist (a dead letter at once). Then the topics and the worker's log are
 scanned for the private key.
 """
 
@@ -57,7 +58,8 @@ async def objects(endpoint: str, bucket: str, expect: int, timeout: float = 30) 
         return out
 
 
-async def test_objects_with_a_service_account_key_and_a_missing_bucket(env, worker_factory, gcs, kafka, prefix):
+async def test_objects_with_a_service_account_key_default_credentials_and_a_missing_bucket(env, worker_factory, gcs,
+                                                                                            kafka, prefix, tmp_path):
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption()).decode()
@@ -69,27 +71,38 @@ async def test_objects_with_a_service_account_key_and_a_missing_bucket(env, work
     async with aiohttp.ClientSession() as s:
         async with s.post(f"{gcs}/storage/v1/b?project=p1", json={"name": bucket}) as r:
             assert r.status == 200, await r.text()
+    # The deployment's default credentials: a key file named by GOOGLE_APPLICATION_CREDENTIALS
+    # (as a mounted Kubernetes secret would be), of another service account.
+    default_key = {**key, "client_email": "deployment@p1.iam.gserviceaccount.com"}
+    default_file = tmp_path / "deployment-key.json"
+    default_file.write_bytes(orjson.dumps(default_key))
     try:
-        w = worker_factory()
+        w = worker_factory({"GOOGLE_APPLICATION_CREDENTIALS": str(default_file)})
         w.wait_ready()
         async with admin_for(env) as admin:
-            for ws in ("g1", "g2"):
+            for ws in ("g1", "g2", "g3"):
                 await accepted(admin, "register_workspace", workspace_id=ws, partner_id="gp", role="customer")
             dest = {"type": "gcs", "endpoint_url": gcs, "service_account_key": orjson.dumps(key).decode()}
             await accepted(admin, "put_workspace_config", workspace_id="g1",
                            config={"destination": {**dest, "bucket": bucket, "prefix": "audit"}})
             await accepted(admin, "put_workspace_config", workspace_id="g2",
                            config={"destination": {**dest, "bucket": bucket + "-missing"}})
+            await accepted(admin, "put_workspace_config", workspace_id="g3",
+                           config={"destination": {"type": "gcs", "endpoint_url": gcs, "bucket": bucket,
+                                                   "prefix": "default-credentials"}})
         job = job_event("g1", "j-g1", recipe_id=5)
         await produce(kafka, prefix + T.JOBS_SUMMARY, [(b"g1", orjson.dumps(job)),
                                                        (b"g2", orjson.dumps(job_event("g2", "j-g2")))])
-        await produce(kafka, prefix + T.USER_ACTIVITY, [(b"g1", orjson.dumps(activity_event("g1", "ua-g1")))])
+        await produce(kafka, prefix + T.USER_ACTIVITY, [(b"g1", orjson.dumps(activity_event("g1", "ua-g1"))),
+                                                        (b"g3", orjson.dumps(activity_event("g3", "ua-g3")))])
 
-        got = await objects(gcs, bucket, 2)
+        got = await objects(gcs, bucket, 3)
         names = sorted(got)
-        assert len(names) == 2 and names[0].startswith("audit/g1/activities/") and names[1].startswith("audit/g1/jobs/5/")
+        assert len(names) == 3 and names[0].startswith("audit/g1/activities/") and names[1].startswith("audit/g1/jobs/5/")
+        assert names[2].startswith("default-credentials/g3/activities/")
         assert orjson.loads(got[names[1]][0]) == job and got[names[1]][1] == "application/json"
-        assert issued and issued[0]["iss"] == key["client_email"]  # the key's own token was used
+        # Each destination used its own credentials: the configured key, and the deployment's.
+        assert {c["iss"] for c in issued} == {key["client_email"], default_key["client_email"]}
 
         letters = await consume(kafka, prefix + T.DEAD_LETTERS, 1)
         assert [dict(m.headers)["eid"] for m in letters] == [b"j-g2"]
