@@ -229,15 +229,19 @@ class MergedStatus:
 def merge(rows: list[DestinationStatus], now_ms: int | None = None) -> MergedStatus:
     """One destination's status from every worker's row: counters are summed, the latest
     success and failure win, and it is failing when its latest failure is newer than its
-    latest success, or a worker that reported recently has its breaker open."""
+    latest success, or a worker that reported recently, and after that success, has its
+    breaker open."""
     now_ms = _now_ms() if now_ms is None else now_ms
     latest = max(rows, key=lambda r: r.updated_ms)
     success = max((r.last_success_ms for r in rows if r.last_success_ms), default=None)
     failed = [r for r in rows if r.last_failure_ms]
     last_fail = max(failed, key=lambda r: r.last_failure_ms, default=None)
-    fresh = [r for r in rows if now_ms - r.updated_ms <= FRESH_S * 1000]
-    breaker = ("open" if any(r.breaker == "open" for r in fresh)
-               else "half_open" if any(r.breaker == "half_open" for r in fresh) else "closed")
+    # A breaker speaks for the destination only while its row is fresh and newer than the
+    # latest success anywhere: a worker that stopped with its breaker open (its partition
+    # moved on) must not keep a destination "failing" that another worker now delivers to.
+    current = [r for r in rows if now_ms - r.updated_ms <= FRESH_S * 1000 and (success is None or r.updated_ms > success)]
+    breaker = ("open" if any(r.breaker == "open" for r in current)
+               else "half_open" if any(r.breaker == "half_open" for r in current) else "closed")
     failing_rows = [r for r in failed if success is None or r.last_failure_ms > success]
     if breaker == "open" or failing_rows:
         state = "failing"
