@@ -68,6 +68,12 @@ def test_workers_rows_are_merged_not_overwritten():
     assert merge([a2, b2], now_ms=1_000_000).state == "ok"
     # A stale row's open breaker says nothing about now.
     assert merge([a2, b], now_ms=1_000_000 + 3600_000).state == "ok"
+    # Nor does a fresh one last written before another worker's success (b stopped, a took over).
+    b_stopped = DestinationStatus(**{**b.__dict__, "updated_ms": 960_000})
+    a3 = row("a", delivered=12, last_success_ms=980_000, updated_ms=980_000)
+    assert merge([a3, b_stopped], now_ms=1_000_000).state == "ok"
+    # But one written after it still does.
+    assert merge([a3, DestinationStatus(**{**b.__dict__, "updated_ms": 990_000})], now_ms=1_000_000).state == "failing"
 
 
 def test_one_notice_per_state_change_with_a_minimum_interval():
