@@ -92,7 +92,7 @@ async def _main(endpoint: str, objects: int, destinations: int, repeats: int, si
         per: dict[int, list[Delivery]] = {}
         for i in range(n):
             per.setdefault(i % destinations, []).append(
-                Delivery("d", b"{}", "1", f"e{i}", "job_summary", body, object_key=f"{tag}/{i}.json"))
+                Delivery("partner:bench", b"{}", "1", f"e{i}", "job_summary", body, object_key=f"{tag}/{i}.json"))
         return list(per.items())
 
     # -- aiobotocore put_object, one client per destination (as the sink had) --
@@ -116,7 +116,7 @@ async def _main(endpoint: str, objects: int, destinations: int, repeats: int, si
             await asyncio.gather(*(put(d) for d in items))
         await asyncio.gather(*(group(i, items) for i, items in batch(objects, tag)))
 
-    sink = S3Sink(keys, None, 32, 10)
+    sink = S3Sink(keys, None, 32, 10, allow_private=True)  # moto and the stub listen on loopback
     failures: list[str] = []
 
     async def sink_pass(tag: str) -> None:
