@@ -99,4 +99,4 @@ def classify(status: int | None, code: str | None, message: str = "", retry_afte
         return DELIVERED
     code = code or ""
     retryable = code not in FATAL_CODES and (status >= 500 or status in (0, 408, 429) or code in RETRY_CODES)
-    return Outcome(False, retryable, f"azure_blob {code or status}: {message}"[:300], retry_after)
+    return Outcome(False, retryable, f"azure_blob {code or status}: {message}"[:300], retry_after, status or None)

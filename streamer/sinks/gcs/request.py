@@ -49,4 +49,4 @@ def classify(status: int | None, message: str = "", retry_after: float | None = 
     if 200 <= status < 300:
         return DELIVERED
     retryable = status >= 500 or status in (0, 408, 429)
-    return Outcome(False, retryable, f"gcs {status}: {message}"[:300], retry_after)
+    return Outcome(False, retryable, f"gcs {status}: {message}"[:300], retry_after, status or None)

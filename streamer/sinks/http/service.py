@@ -15,7 +15,7 @@ import hashlib
 import logging
 import socket
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -140,8 +140,7 @@ class HttpSink:
             error = redact_text(f"internal error: {type(e).__name__}: {e}", secrets)[:300]
             log.error("http sink error: %s", error)
             return [Outcome(False, True, error)] * len(deliveries)
-        return [o if o.ok or not o.error else Outcome(o.ok, o.retryable, redact_text(o.error, secrets)[:300],
-                                                      o.retry_after)
+        return [o if o.ok or not o.error else replace(o, error=redact_text(o.error, secrets)[:300])
                 for o in outcomes]
 
     async def _send(self, target: "_Destination", deliveries: list[Delivery]) -> list[Outcome]:
@@ -180,7 +179,7 @@ class HttpSink:
                 # Not cut to 200 characters here: send() redacts first, so no secret is cut in half.
                 error = f"HTTP {resp.status}: {body[:4096].decode('utf-8', 'replace')}"
                 return Outcome(False, policy.retry(resp.status), error,
-                               retry_after_seconds(resp.headers.get("Retry-After")))
+                               retry_after_seconds(resp.headers.get("Retry-After")), resp.status)
         except asyncio.TimeoutError:
             return Outcome(False, True, "timed out")
         except (aiohttp.ClientError, OSError) as e:

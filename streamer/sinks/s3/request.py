@@ -157,7 +157,7 @@ def classify(status: int, body: bytes) -> Outcome:
         return DELIVERED
     code, message = error_code(body)
     retryable = code not in FATAL_CODES and (status >= 500 or status in (0, 408, 429) or code in RETRY_CODES)
-    return Outcome(False, retryable, f"s3 {code or status}: {message}"[:300])
+    return Outcome(False, retryable, f"s3 {code or status}: {message}"[:300], status=status or None)
 
 
 def connection_failure(exc: BaseException) -> Outcome:

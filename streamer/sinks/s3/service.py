@@ -32,7 +32,7 @@ import hashlib
 import inspect
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -242,7 +242,7 @@ def _redacted(outcome: Outcome, secrets: list[str]) -> Outcome:
     echo what it was sent)."""
     if outcome.ok or not secrets or not outcome.error:
         return outcome
-    return Outcome(outcome.ok, outcome.retryable, redact_text(outcome.error, secrets)[:300], outcome.retry_after)
+    return replace(outcome, error=redact_text(outcome.error, secrets)[:300])
 
 
 class _Refused(Exception):
