@@ -61,6 +61,7 @@ class TestTarget:
     destination: bytes  # as stored (secrets encrypted)
     s3_prefix: str
     workspace_id: str
+    check: str = "write"  # write | probe (streamer/sinks/testing.py)
 
 
 def _reject(command_id: str, reason: str, issued_at: datetime | None = None) -> Decision:

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 from streamer.sinks.base import DELIVERED, Outcome
 
 CONTENT_TYPE = "application/json"
+WRITE_CHECK = "azure_blob Put Blob"
+PROBE_CHECK = "azure_blob Get Container Properties"
 
 # Error codes no retry will fix: the configuration is wrong.
 FATAL_CODES = frozenset({"ContainerNotFound", "AuthenticationFailed", "AuthorizationFailure",

@@ -11,6 +11,8 @@ import orjson
 from streamer.sinks.base import DELIVERED, Outcome
 
 CONTENT_TYPE = "application/json"
+WRITE_CHECK = "gcs upload"
+PROBE_CHECK = "gcs Get Bucket"
 DEFAULT_API_ROOT = "https://storage.googleapis.com"
 KEY_FIELDS = ("client_email", "private_key", "token_uri")
 
