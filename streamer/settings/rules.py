@@ -305,7 +305,8 @@ def _test(state: SettingsState, cmd: TestDestination, policy: Policy,
         if route is None:
             return _reject(cid, f"partner {cmd.partner_id} has no enabled partner-wide configuration")
     return Decision(cid, "accepted", test=TestTarget(route.destination_id, route.destination_type,
-                                                     route.destination, route.s3_prefix, cmd.workspace_id or ""))
+                                                     route.destination, route.s3_prefix, cmd.workspace_id or "",
+                                                     cmd.check))
 
 
 def _accept(cid: str, key: str, row: dict, warning: str | None = None) -> Decision:
