@@ -23,7 +23,6 @@ from typing import Any, Awaitable, Callable
 
 import faust
 import mode
-import orjson
 from prometheus_client import generate_latest
 
 from streamer import topics as T
