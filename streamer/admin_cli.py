@@ -43,6 +43,11 @@ def add_admin_parsers(sub) -> None:
     ts.add_argument("--workspace")
     ts.add_argument("--partner")
     t.add_argument("--file", default=None, help="a configuration to test before saving it")
+    t.add_argument("--check", choices=["write", "probe"], default="write",
+                   help="write (default): send a test event (object stores: a real object under the prefix). "
+                        "probe: ask without writing where the provider can be asked (S3 HeadBucket, Azure Blob "
+                        "container properties, GCS bucket, Datadog key validation, Splunk HEC health); Sumo "
+                        "Logic, generic HTTP and Azure Monitor have no probe endpoint and are written to")
 
     d = sub.add_parser("dlq", help="list, inspect and replay dead letters")
     d.add_argument("--bootstrap-servers", default=None)
@@ -150,6 +155,8 @@ def run_admin(args) -> int:
         fields = {"workspace_id": args.workspace} if args.workspace else {"partner_id": args.partner}
         if args.file:
             fields["config"] = _load(args.file)
+        if args.check != "write":  # left out by default: a worker from before probes takes the command
+            fields["check"] = args.check
     elif args.action.endswith("partner"):
         fields = {"partner_id": args.partner}
     else:
@@ -176,4 +183,8 @@ def run_admin(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(redact(result), indent=2))
-    return 1 if result["status"] == "rejected" else 0
+    if result["status"] == "rejected":
+        if args.action == "test":  # the reason on its own line, as for a refusal
+            print(f"failed: {result.get('reason')}", file=sys.stderr)
+        return 1
+    return 0

@@ -23,7 +23,6 @@ from typing import Any, Awaitable, Callable
 
 import faust
 import mode
-import orjson
 from prometheus_client import generate_latest
 
 from streamer import topics as T
@@ -37,7 +36,7 @@ from streamer.config import Config
 from streamer.gc_tuning import track_gc_time, tune_gc
 from streamer.kafka_client import KafkaSecurity
 from streamer.logs import logging_config
-from streamer.routing import OBJECT_STORES, Routed, Skip, route_safely
+from streamer.routing import Routed, Skip, route_safely
 from streamer.events.parse import KIND_BY_TOPIC
 from streamer.settings.processor import ReplayTarget, SettingsProcessor
 from streamer.settings.rules import Policy
@@ -49,8 +48,9 @@ from streamer.sinks.engine import DeliveryEngine, EngineConfig
 from streamer.sinks.gcs.service import GcsSink
 from streamer.sinks.http.service import HttpSink
 from streamer.sinks.s3.service import S3Sink
+from streamer.sinks.testing import TestReport, run_test
 from streamer.notifications import DestinationNotification, ms_to_datetime
-from streamer.status import StatusBook, notices, notified_row, redact, row_key
+from streamer.status import StatusBook, notices, notified_row, row_key
 from streamer.status_io import StatusTail
 
 log = logging.getLogger("streamer")
@@ -300,30 +300,14 @@ for _engine in engines.values():
     _engine.observer = status_book
 
 
-async def test_destination(target, command_id: str) -> str | None:
-    """A test command's synthetic event through the real sink (not the engine: a test must
-    not trip the breaker, park or dead-letter). None when the destination took it, else its
-    answer, redacted. Object stores (S3, Azure Blob, GCS): a real object under the destination's
-    prefix."""
+async def test_destination(target, command_id: str):
+    """A test command's write or probe through the real sink (not the engine: a test must
+    not trip the breaker, park or dead-letter); see streamer/sinks/testing.py."""
     engine = engines.get(target.destination_type)
     if engine is None:
-        return f"unknown destination type {target.destination_type!r}"
-    event_id = f"streamer-test-{command_id}"
-    message = orjson.dumps({"id": event_id, "event": "streamer_destination_test",
-                            "timestamp": ms_to_datetime(now_ms()).isoformat(), "team": {"id": target.workspace_id},
-                            "message": "test event sent by `streamer settings test`; safe to ignore"})
-    key = (target.s3_prefix.rstrip("/") + "/" if target.s3_prefix else "") + f"streamer-test/{event_id}.json"
-    d = Delivery(destination_id=target.destination_id, destination=target.destination,
-                 workspace_id=target.workspace_id, event_id=event_id, kind="test", message=message,
-                 object_key=key if target.destination_type in OBJECT_STORES else None)
-    try:
-        [outcome] = await asyncio.wait_for(engine.sink.send(orjson.loads(target.destination), [d]),
-                                           cfg.http_timeout_s + 5)
-    except asyncio.TimeoutError:
-        return "timed out"
-    except Exception as e:  # noqa: BLE001 - the reason goes back to the admin
-        return redact(f"{type(e).__name__}: {e}")
-    return None if outcome.ok else redact(outcome.error)
+        return TestReport(target.destination_type, False, False, None,
+                          f"unknown destination type {target.destination_type!r}")
+    return await run_test(engine.sink, target, command_id, cfg.http_timeout_s + 5)
 
 
 async def _dead_letter_unreadable(event, reason: str) -> None:

@@ -4,6 +4,11 @@ Each enforces its provider's contract (auth header, body shape, size limits, suc
 status) and answers 4xx when it is broken, so a wrong encoding fails the test instead of
 being recorded. Faults are injected per destination name: a queue of statuses to answer
 first (with optional Retry-After), or a delay to hang for.
+
+The read-only endpoints `settings test --check probe` uses are served too: Datadog's
+`GET /api/v1/validate` (200 `{"valid": true}` for the right DD-API-KEY, 403 otherwise) and
+Splunk HEC's `GET /services/collector/health` (200 healthy, or an injected 503). Neither
+records anything as received, so a test can tell a probe from a write.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class ProviderServer:
         self.requests: dict[str, int] = defaultdict(int)  # every request, faults included
         self.faults: dict[str, Fault] = defaultdict(Fault)
         self.violations: list[str] = []
+        self.probes: list[tuple[str, str]] = []  # (destination name, path) of every validate/health GET
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -80,6 +86,9 @@ class ProviderServer:
         app.router.add_post("/sumo/{name}", self._sumo)
         app.router.add_post("/dd/{name}/api/v2/logs", self._datadog)
         app.router.add_post("/splunk/{name}/services/collector/event", self._splunk)
+        app.router.add_get("/dd/{name}/api/v1/validate", self._datadog_validate)
+        app.router.add_get("/splunk/{name}/services/collector/health", self._splunk_health)
+        app.router.add_get("/splunk/{name}/services/collector/health/1.0", self._splunk_health)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
@@ -172,6 +181,23 @@ class ProviderServer:
                 return self._bad("datadog: item needs a string message and ddsource")
         self._record("datadog", request, items, len(body))
         return web.json_response({}, status=202)
+
+    async def _datadog_validate(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.probes.append((name, request.path))
+        if request.headers.get("DD-API-KEY") != DD_API_KEY:
+            return web.json_response({"errors": ["Forbidden"]}, status=403)
+        if (fault := await self._fault(name)) is not None:
+            return fault
+        return web.json_response({"valid": True})
+
+    async def _splunk_health(self, request: web.Request) -> web.Response:
+        # As Splunk documents it: HEC's own state (queue space), not the token's.
+        name = request.match_info["name"]
+        self.probes.append((name, request.path))
+        if (fault := await self._fault(name)) is not None:
+            return fault
+        return web.json_response({"text": "HEC is healthy", "code": 17})
 
     async def _splunk(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

@@ -104,6 +104,15 @@ async def test_blobs_for_each_credential_kind_and_a_missing_container(env, worke
             await accepted(admin, "test_destination", workspace_id="az3")
         names = await blobs(service, containers["conn"], 2)
         assert any(n.startswith("streamer-test/") for n in names), names
+        # `settings test --check probe`: Get Container Properties, writing nothing.
+        async with admin_for(env) as admin:
+            found = await accepted(admin, "test_destination", workspace_id="az1", check="probe")
+            missing = await admin.run("test_destination", workspace_id="az1", check="probe",
+                                      config=blob_config(azurite, f"{tag}-none", connection_string=conn))
+        assert (found["check"], found["provider_status"]) == ("azure_blob Get Container Properties", 200)
+        assert (missing["status"], missing["provider_status"]) == ("rejected", 404), missing
+        assert "ContainerNotFound" in missing["reason"]
+        assert len(await blobs(service, containers["key"], 2, timeout=0)) == 1
 
     cli = subprocess.run([sys.executable, "-m", "streamer", "settings", "get", "--workspace", "az3"],
                          capture_output=True, text=True, env={**__import__("os").environ, **env})

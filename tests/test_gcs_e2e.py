@@ -107,6 +107,13 @@ async def test_objects_with_a_service_account_key_default_credentials_and_a_miss
         letters = await consume(kafka, prefix + T.DEAD_LETTERS, 1)
         assert [dict(m.headers)["eid"] for m in letters] == [b"j-g2"]
         assert b"gcs 404" in dict(letters[0].headers)["err"]
+        # `settings test --check probe`: Get Bucket with the key's token, writing nothing.
+        async with admin_for(env) as admin:
+            found = await accepted(admin, "test_destination", workspace_id="g1", check="probe")
+            missing = await admin.run("test_destination", workspace_id="g2", check="probe")
+        assert (found["check"], found["provider_status"]) == ("gcs Get Bucket", 200)
+        assert (missing["status"], missing["provider_status"]) == ("rejected", 404), missing
+        assert len(await objects(gcs, bucket, 3, timeout=0)) == 2
         w.stop()
     finally:
         await runner.cleanup()

@@ -320,3 +320,24 @@ async def test_assumed_role_credentials_are_refreshed_before_they_are_used(authe
     assert len(issued) >= 2 and len(set(issued)) == len(issued)  # a new assumed-role session each time
     keys = await _objects(authed["endpoint"], authed["bucket"], admin_key, admin_secret)
     assert any(k.startswith("role-a/") for k in keys) and any(k.startswith("role-b/") for k in keys)
+
+
+async def test_head_bucket_is_signed_and_authorised_like_a_put(authed, monkeypatch):
+    """`settings test --check probe` on S3: the same credentials path as a PUT (own keys, an
+    assumed role), judged by a store that checks signatures and IAM permissions."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", authed["endpoint"])
+    ak, sk = authed["users"]["admin"]
+    dest = _destination(authed["endpoint"], authed["bucket"], ak, sk)
+    sink = S3Sink(KEYS, None, 32, 10, allow_private=True)
+    try:
+        own = await sink.probe(dest, "partner:p")
+        role = await sink.probe({**dest, "role_arn": authed["role_arn"]}, "partner:p")
+        wrong = await sink.probe(_destination(authed["endpoint"], authed["bucket"], ak, "not-the-secret"),
+                                 "partner:p")
+        nobody = await sink.probe(_destination(authed["endpoint"], authed["bucket"], *authed["users"]["nobody"]),
+                                  "partner:p")
+    finally:
+        await sink.close()
+    assert own.ok and role.ok, (own, role)
+    assert (wrong.status, nobody.status) == (403, 403) and "s3:ListBucket" in nobody.error
+    assert not any(o.retryable for o in (wrong, nobody))

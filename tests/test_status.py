@@ -144,6 +144,8 @@ def test_a_test_command_targets_the_effective_the_partner_wide_or_the_given_dest
 
     d = test(workspace_id="7")
     assert d.status == "accepted" and d.test.destination_id == "workspace:7" and d.row_key is None
+    assert d.test.check == "write" and test(workspace_id="7", check="probe").test.check == "probe"
+    assert test(workspace_id="7", check="head").reason.endswith("check': Input should be 'write' or 'probe'")
     assert b"ws7" in d.test.destination
     assert test(workspace_id="8").reason.startswith("workspace 8 has no effective destination")
     assert test(partner_id="p").reason == "partner p has no enabled partner-wide configuration"

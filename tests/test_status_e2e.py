@@ -92,18 +92,41 @@ async def test_status_and_notifications_of_working_unauthorized_and_recovering_d
 async def test_settings_test_sends_a_test_event_through_the_real_sink(env, worker_factory, kafka, prefix, providers,
                                                                      s3, tmp_path):
     from streamer.dev.local import free_port
-    from tests.support import accepted, admin_for, make_bucket, s3_config, s3_objects
+    from tests.support import accepted, admin_for, http_config, make_bucket, s3_config, s3_objects
 
     providers.faults["auth"] = Fault(statuses=[401])
+    providers.faults["hec"] = Fault(statuses=[503])
     worker_factory().wait_ready()
     await configure(env, providers, {"81": "works", "82": "auth"})
 
     def settings_test(*args):
         return cli(env, "settings", "test", *args)
 
+    def probe(name: str, config: dict):
+        (tmp_path / f"{name}.json").write_text(json.dumps(config))
+        return settings_test("--workspace", "81", "--file", str(tmp_path / f"{name}.json"), "--check", "probe")
+
     ok = await settings_test("--workspace", "81")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert json.loads(ok.stdout)["tested_destination"] == "workspace:81"
+    assert json.loads(ok.stdout)["check"] == "generic POST"
+
+    # Probes write nothing: Datadog's key validation and Splunk HEC's health endpoint.
+    valid = await probe("dd", http_config(providers, "datadog", "dd"))
+    assert valid.returncode == 0, valid.stdout + valid.stderr
+    assert {k: json.loads(valid.stdout)[k] for k in ("check", "provider_status")} == {
+        "check": "datadog validate", "provider_status": 200}
+    invalid = await probe("dd-bad", http_config(providers, "datadog", "dd", api_key="not-the-api-key"))
+    assert invalid.returncode == 1, invalid.stdout + invalid.stderr
+    assert json.loads(invalid.stdout)["reason"].startswith("test probe failed: HTTP 403 (the API key is not valid)")
+    assert "failed: test probe failed: HTTP 403" in invalid.stderr
+    unhealthy = await probe("hec", http_config(providers, "splunk", "hec"))
+    assert unhealthy.returncode == 1, unhealthy.stdout + unhealthy.stderr
+    assert (json.loads(unhealthy.stdout)["check"], json.loads(unhealthy.stdout)["provider_status"]) == (
+        "splunk health", 503)
+    assert [path for _name, path in providers.probes] == [
+        "/dd/dd/api/v1/validate", "/dd/dd/api/v1/validate", "/splunk/hec/services/collector/health"]
+    assert providers.items("dd") == providers.items("hec") == []
     [item] = await providers.wait_items("works", 1)
     assert item["event"] == "streamer_destination_test"
 
@@ -115,11 +138,17 @@ async def test_settings_test_sends_a_test_event_through_the_real_sink(env, worke
     # an endpoint where nothing listens.
     bucket = f"b{prefix.strip('.').lower()}"
     await make_bucket(s3, bucket)
-    (tmp_path / "s3.json").write_text(json.dumps(s3_config(s3, bucket, prefix="audit")))
+    found = await probe("s3", s3_config(s3, bucket, prefix="audit"))  # HeadBucket: nothing written
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert json.loads(found.stdout)["check"] == "s3 HeadBucket"
+    assert await s3_objects(s3, bucket, 0, timeout=0) == {}
+    missing = await probe("s3-missing", s3_config(s3, bucket + "-missing", prefix="audit"))
+    assert missing.returncode == 1 and json.loads(missing.stdout)["provider_status"] == 404, missing.stdout
+    assert "s3 404 NoSuchBucket" in json.loads(missing.stdout)["reason"]
     stored = await settings_test("--workspace", "81", "--file", str(tmp_path / "s3.json"))
     assert stored.returncode == 0, stored.stdout + stored.stderr
     keys = list(await s3_objects(s3, bucket, 1))
-    assert len(keys) == 1 and keys[0].startswith("audit/streamer-test/")
+    assert len(keys) == 1 and keys[0].startswith("audit/streamer-test/")  # the write only
     down = {"destination": {"type": "http", "provider": "generic", "url": f"http://127.0.0.1:{free_port()}/x"}}
     async with admin_for(env) as admin:
         result = await admin.run("test_destination", workspace_id="81", config=down)

@@ -287,9 +287,9 @@ class ReplayDeadLetters(_Command):
 
 
 class TestDestination(_Command):
-    """Send a synthetic test event through the real sink path of a workspace's effective
-    destination, a partner's partner-wide one, or `config` (to try it before saving it).
-    Accepted when the destination took it; rejected with the destination's answer if not."""
+    """Test a workspace's effective destination, a partner's partner-wide one, or `config`
+    (to try it before saving it), through the real sink path. Accepted when the destination
+    took the test (or passed the probe); rejected with the destination's answer if not."""
 
     __test__ = False  # not a pytest test class
 
@@ -297,6 +297,12 @@ class TestDestination(_Command):
     workspace_id: WorkspaceId | None = None
     partner_id: PartnerId | None = None
     config: Configuration | None = None
+    check: Literal["write", "probe"] = Field(
+        default="write", description="write: send a synthetic test event (S3, Azure Blob, GCS: a real object under "
+                                     "the prefix; REST: a real POST). probe: ask without writing where the provider "
+                                     "can be asked (S3 HeadBucket, Azure Blob container properties, GCS bucket, "
+                                     "Datadog key validation, Splunk HEC health); Sumo Logic, generic HTTP and "
+                                     "Azure Monitor have no such endpoint, so their probe writes the test event.")
 
 
 Command = Annotated[
@@ -317,6 +323,12 @@ class CommandResult(Strict):
                                                           "destination of the same type now (replay only).")
     tested_destination: str | None = Field(default=None, description="The destination a test command tried "
                                                                       "(test only).")
+    check: str | None = Field(default=None, description="What the test did, e.g. 's3 PutObject', 'datadog "
+                                                        "validate', 'sumo POST (sumo has no probe endpoint: the "
+                                                        "test event was written)' (test only).")
+    provider_status: int | None = Field(default=None, description="The destination's HTTP status, when it answered "
+                                                                  "(test only; a write that succeeded may not "
+                                                                  "report one).")
     processed_at: datetime
     offset: int | None = Field(default=None, description="Offset of the command's record on the commands topic: "
                                                          "every record gets exactly one result.")

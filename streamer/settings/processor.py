@@ -33,9 +33,9 @@ from streamer.sinks.base import Delivery
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, bytes, bytes | None], Awaitable[Any]]  # (topic, key, value) -> RecordMetadata
-# A test command's delivery through the real sink: (target, command id) -> None if the
-# destination took it, else the reason (its status and answer).
-Tester = Callable[[Any, str], Awaitable[str | None]]
+# A test command's check through the real sink: (target, command id) -> a report with what
+# was done, whether it worked, the provider's status and the reason (streamer/sinks/testing.py).
+Tester = Callable[[Any, str], Awaitable[Any]]
 SendMany = Callable[[list[tuple[str, bytes, bytes, list]]], Awaitable[Any]]  # durable, all acked
 
 
@@ -135,10 +135,16 @@ class SettingsProcessor:
         if d.replay is not None and not d.already_applied:
             result["replayed"], result["skipped"] = await self._replay(d.replay)
         if d.test is not None and not d.already_applied:
-            failure = await self.tester(d.test, d.command_id) if self.tester else "no tester on this worker"
             result["tested_destination"] = d.test.destination_id
-            if failure:
-                result["status"], result["reason"] = "rejected", f"test delivery failed: {failure}"
+            if self.tester is None:
+                result["status"], result["reason"] = "rejected", "test failed: no tester on this worker"
+            else:
+                report = await self.tester(d.test, d.command_id)
+                result["check"], result["provider_status"] = report.check, report.status
+                if not report.ok:
+                    # "delivery" where something was sent to be stored, as before probes existed.
+                    what = "probe" if report.probe else "delivery"
+                    result["status"], result["reason"] = "rejected", f"test {what} failed: {report.reason}"
         if d.issued_at is not None:  # authentic: remember it, so a replay is refused
             row = orjson.dumps({"offset": offset, "issued_at": d.issued_at.isoformat(), "result": redact(result)})
             if last is None:

@@ -61,6 +61,7 @@ class TestTarget:
     destination: bytes  # as stored (secrets encrypted)
     s3_prefix: str
     workspace_id: str
+    check: str = "write"  # write | probe (streamer/sinks/testing.py)
 
 
 def _reject(command_id: str, reason: str, issued_at: datetime | None = None) -> Decision:
@@ -304,7 +305,8 @@ def _test(state: SettingsState, cmd: TestDestination, policy: Policy,
         if route is None:
             return _reject(cid, f"partner {cmd.partner_id} has no enabled partner-wide configuration")
     return Decision(cid, "accepted", test=TestTarget(route.destination_id, route.destination_type,
-                                                     route.destination, route.s3_prefix, cmd.workspace_id or ""))
+                                                     route.destination, route.s3_prefix, cmd.workspace_id or "",
+                                                     cmd.check))
 
 
 def _accept(cid: str, key: str, row: dict, warning: str | None = None) -> Decision:

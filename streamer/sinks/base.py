@@ -65,6 +65,9 @@ class Outcome:
     retryable: bool = False
     error: str = ""
     retry_after: float | None = None  # seconds, from the destination's Retry-After
+    # The provider's HTTP status when it answered: `settings test` reports it as such, so
+    # an admin need not read it out of the error text (S3 names its error code there).
+    status: int | None = None
 
 
 DELIVERED = Outcome(True)

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 from streamer.sinks.base import DELIVERED, Outcome
 
 CONTENT_TYPE = "application/json"
+WRITE_CHECK = "azure_blob Put Blob"
+PROBE_CHECK = "azure_blob Get Container Properties"
 
 # Error codes no retry will fix: the configuration is wrong.
 FATAL_CODES = frozenset({"ContainerNotFound", "AuthenticationFailed", "AuthorizationFailure",
@@ -99,4 +101,4 @@ def classify(status: int | None, code: str | None, message: str = "", retry_afte
         return DELIVERED
     code = code or ""
     retryable = code not in FATAL_CODES and (status >= 500 or status in (0, 408, 429) or code in RETRY_CODES)
-    return Outcome(False, retryable, f"azure_blob {code or status}: {message}"[:300], retry_after)
+    return Outcome(False, retryable, f"azure_blob {code or status}: {message}"[:300], retry_after, status or None)

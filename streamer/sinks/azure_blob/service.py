@@ -106,21 +106,20 @@ class AzureBlobSink:
             return [await put(deliveries[0])]
         return list(await asyncio.gather(*(put(d) for d in deliveries)))
 
+    async def probe(self, destination: dict[str, Any], destination_id: str) -> Outcome:
+        """Get Container Properties (`settings test --check probe`): whether the container
+        exists and the credential reaches it, writing nothing, through the same client and
+        guarded pool as a Put Blob. A SAS that grants only write and create is refused here
+        (403) although a write works: such a destination is tested with `--check write`."""
+        try:
+            target = await self._target(destination, scope_of_destination(destination_id))
+        except Exception as e:
+            return Outcome(False, True, f"azure_blob error: {type(e).__name__}: {e}"[:300])
+        return await _call(target.client.get_container_properties(), 200)
+
     @staticmethod
     async def _put(client: ContainerClient, d: Delivery) -> Outcome:
-        try:
-            await client.upload_blob(d.object_key, d.message, overwrite=True, content_settings=_CONTENT)
-            return classify(201, None)
-        except (ServiceRequestError, ServiceResponseError) as e:  # no answer: connection, timeout
-            return Outcome(False, True, f"azure_blob connection: {type(e).__name__}: {e}"[:300])
-        except HttpResponseError as e:
-            headers = e.response.headers if e.response is not None else {}
-            return classify(e.status_code, e.error_code, e.reason or str(e).split("\n", 1)[0],
-                            retry_after_seconds(headers.get("Retry-After")))
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # e.g. default credentials not available yet: retry, never drop
-            return Outcome(False, True, f"azure_blob error: {type(e).__name__}: {e}"[:300])
+        return await _call(client.upload_blob(d.object_key, d.message, overwrite=True, content_settings=_CONTENT), 201)
 
     async def close(self) -> None:
         for target in self._targets.values():
@@ -130,6 +129,23 @@ class AzureBlobSink:
             await self._default_credential.close()
         if self._session is not None:
             await self._session.close()
+
+
+async def _call(request, ok_status: int) -> Outcome:
+    """The outcome of one SDK call: its error mapped as a Put Blob's is."""
+    try:
+        await request
+        return Outcome(True, status=ok_status)
+    except (ServiceRequestError, ServiceResponseError) as e:  # no answer: connection, timeout
+        return Outcome(False, True, f"azure_blob connection: {type(e).__name__}: {e}"[:300])
+    except HttpResponseError as e:
+        headers = e.response.headers if e.response is not None else {}
+        return classify(e.status_code, e.error_code, e.reason or str(e).split("\n", 1)[0],
+                        retry_after_seconds(headers.get("Retry-After")))
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # e.g. default credentials not available yet: retry, never drop
+        return Outcome(False, True, f"azure_blob error: {type(e).__name__}: {e}"[:300])
 
 
 @dataclass(slots=True)

@@ -101,4 +101,4 @@ def classify(status: int, body: bytes, retry_after: float | None = None) -> Outc
         return DELIVERED
     retryable = status not in NEVER_RETRY and (status >= 500 or status in (408, 429))
     return Outcome(False, retryable, f"azure_monitor HTTP {status}: {body[:200].decode('utf-8', 'replace')}"[:300],
-                   retry_after if retryable else None)
+                   retry_after if retryable else None, status)

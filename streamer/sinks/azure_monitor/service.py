@@ -91,7 +91,7 @@ class AzureMonitorSink:
                         error = f"azure_monitor token HTTP {resp.status}: {body[:200].decode('utf-8', 'replace')}"
                         retryable = resp.status >= 500 or resp.status in (408, 429)
                         raise TokenError(Outcome(False, retryable, error[:300],
-                                                 retry_after_seconds(resp.headers.get("Retry-After"))))
+                                                 retry_after_seconds(resp.headers.get("Retry-After")), resp.status))
                     parsed = orjson.loads(body)
             except (asyncio.TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError) as e:
                 raise TokenError(Outcome(False, True, f"azure_monitor token: {type(e).__name__}: {e}"[:300])) from e

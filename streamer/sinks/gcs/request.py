@@ -11,6 +11,8 @@ import orjson
 from streamer.sinks.base import DELIVERED, Outcome
 
 CONTENT_TYPE = "application/json"
+WRITE_CHECK = "gcs upload"
+PROBE_CHECK = "gcs Get Bucket"
 DEFAULT_API_ROOT = "https://storage.googleapis.com"
 KEY_FIELDS = ("client_email", "private_key", "token_uri")
 
@@ -49,4 +51,4 @@ def classify(status: int | None, message: str = "", retry_after: float | None = 
     if 200 <= status < 300:
         return DELIVERED
     retryable = status >= 500 or status in (0, 408, 429)
-    return Outcome(False, retryable, f"gcs {status}: {message}"[:300], retry_after)
+    return Outcome(False, retryable, f"gcs {status}: {message}"[:300], retry_after, status or None)

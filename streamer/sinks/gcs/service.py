@@ -99,22 +99,40 @@ class GcsSink:
         return list(await asyncio.gather(*(put(d) for d in deliveries)))
 
     async def _put(self, storage: Storage, bucket: str, d: Delivery) -> Outcome:
+        return await _call(storage.upload(bucket, d.object_key, d.message, content_type=CONTENT_TYPE,
+                                          timeout=self._timeout_s))
+
+    async def probe(self, destination: dict[str, Any], destination_id: str) -> Outcome:
+        """Get Bucket (`settings test --check probe`): whether the bucket exists and the key
+        (its token exchange included) reaches it, writing nothing, through the same guarded
+        pool as an upload. It needs storage.buckets.get, which a writer-only role such as
+        Storage Object Creator lacks (403): such a destination is tested with `--check write`."""
         try:
-            await storage.upload(bucket, d.object_key, d.message, content_type=CONTENT_TYPE, timeout=self._timeout_s)
-            return classify(200)
-        except aiohttp.ClientResponseError as e:  # the store's (or the token endpoint's) answer
-            return classify(e.status, e.message, retry_after_seconds((e.headers or {}).get("Retry-After")))
-        except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as e:
-            return Outcome(False, True, f"gcs connection: {type(e).__name__}: {e}"[:300])
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # e.g. default credentials not available yet: retry, never drop
+            target = self._target(destination, scope_of_destination(destination_id))
+        except Exception as e:
             return Outcome(False, True, f"gcs error: {type(e).__name__}: {e}"[:300])
+        return await _call(target.storage.get_bucket_metadata(destination["bucket"],
+                                                                           timeout=self._timeout_s))
 
     async def close(self) -> None:
         self._targets.clear()
         if self._session is not None:
             await self._session.close()
+
+
+async def _call(request) -> Outcome:
+    """The outcome of one call to the JSON API: its error mapped as an upload's is."""
+    try:
+        await request
+        return Outcome(True, status=200)
+    except aiohttp.ClientResponseError as e:  # the store's (or the token endpoint's) answer
+        return classify(e.status, e.message, retry_after_seconds((e.headers or {}).get("Retry-After")))
+    except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as e:
+        return Outcome(False, True, f"gcs connection: {type(e).__name__}: {e}"[:300])
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # e.g. default credentials not available yet: retry, never drop
+        return Outcome(False, True, f"gcs error: {type(e).__name__}: {e}"[:300])
 
 
 @dataclass(slots=True)

@@ -9,11 +9,45 @@ from __future__ import annotations
 
 import orjson
 
-from streamer.sinks.http.request import Encoded, Policy, Rejected, batch, finish
+from urllib.parse import urlunsplit
+
+from streamer.sinks.http.request import Encoded, Policy, Probe, Rejected, base_url, batch, finish, probe_headers
 
 MAX_ITEMS, MAX_BYTES, MAX_ITEM_BYTES = 1000, 5_000_000, 1_000_000
 POLICY = Policy(success=lambda status, body: status == 202,
                 retry=lambda status: status in (408, 429) or (status >= 500 and status not in (501,)))
+
+LOGS_PATH = "/api/v2/logs"
+VALIDATE_PATH = "/api/v1/validate"
+INTAKE_HOST = "http-intake.logs."  # Datadog's sites: http-intake.logs.<site> takes logs, api.<site> the API
+PROBE_CHECK = "datadog validate"
+
+
+def validate_url(url: str) -> str:
+    """Where the destination's API key is validated. On Datadog's own sites that is the API
+    host of the intake's site (`http-intake.logs.datadoghq.eu` -> `api.datadoghq.eu`), as
+    Vector derives it from `site`; any other URL (a relay, a proxy) is asked at its own base,
+    as Vector does with a custom endpoint."""
+    scheme, netloc, path = base_url(url, LOGS_PATH)
+    if netloc.lower().startswith(INTAKE_HOST):
+        netloc, path = "api." + netloc[len(INTAKE_HOST):], ""
+    return urlunsplit((scheme, netloc, path + VALIDATE_PATH, "", ""))
+
+
+def _valid(status: int, body: bytes) -> bool:
+    if status != 200:
+        return False
+    try:
+        return orjson.loads(body).get("valid") is True
+    except (orjson.JSONDecodeError, AttributeError):
+        return False
+
+
+def probe(dest: dict, headers: dict[str, str]) -> Probe:
+    """`GET /api/v1/validate` with DD-API-KEY: 200 `{"valid": true}` for a key Datadog knows,
+    403 for one it does not. It checks the key only, not that the intake takes logs."""
+    return Probe(validate_url(dest["url"]), probe_headers(headers), _valid,
+                 {403: "the API key is not valid", 200: "the API key is not valid"})
 
 
 def _item_prefix(dest: dict) -> bytes:

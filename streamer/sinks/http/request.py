@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from datetime import datetime, timezone
 from typing import Callable, Iterable
+from urllib.parse import urlsplit
 
 from streamer.sinks.base import Delivery
 
@@ -97,3 +98,28 @@ class Policy:
 
 def default_retry(status: int) -> bool:
     return status in (408, 429) or status >= 500
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A provider's read-only check of a destination (`settings test --check probe`): a GET
+    of its validate or health endpoint, with the destination's own auth headers."""
+
+    url: str
+    headers: dict[str, str]
+    success: Callable[[int, bytes], bool]
+    meaning: dict[int, str]  # what a failing status means, for the admin reading the reason
+
+
+def probe_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The destination's headers for a GET: its auth, without the POST's body headers."""
+    return {k: v for k, v in headers.items() if k.lower() not in ("content-type", "content-encoding")}
+
+
+def base_url(url: str, path_from: str) -> tuple[str, str, str]:
+    """(scheme, netloc, path before `path_from`) of an endpoint URL; query and fragment dropped:
+    they belong to the endpoint that takes events, not to its sibling."""
+    parts = urlsplit(url)
+    path = parts.path
+    at = path.find(path_from)
+    return parts.scheme, parts.netloc, (path[:at] if at >= 0 else path).rstrip("/")

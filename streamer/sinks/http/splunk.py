@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import orjson
 
-from streamer.sinks.http.request import Encoded, Policy, batch, finish
+from urllib.parse import urlunsplit
+
+from streamer.sinks.http.request import Encoded, Policy, Probe, base_url, batch, finish, probe_headers
 
 MAX_BYTES = 1_000_000
+COLLECTOR_PATH = "/services/collector"
+HEALTH_PATH = "/services/collector/health"
+PROBE_CHECK = "splunk health"
 
 
 def _success(status: int, body: bytes) -> bool:
@@ -42,3 +47,18 @@ def encode(dest: dict, headers: dict[str, str], deliveries) -> Encoded:
         body = b"".join(envelopes[i] for i in items)
         out.requests.append(finish(dest["url"], body, base, dest.get("gzip", False), items, deliveries))
     return out
+
+
+def health_url(url: str) -> str:
+    """HEC's health endpoint on the collector the destination posts to."""
+    scheme, netloc, path = base_url(url, COLLECTOR_PATH)
+    return urlunsplit((scheme, netloc, path + HEALTH_PATH, "", ""))
+
+
+def probe(dest: dict, headers: dict[str, str]) -> Probe:
+    """`GET /services/collector/health`: 200 when HEC is up and has queue space, 503 when it
+    is unhealthy (queues full), 400 for a token it refuses. Splunk answers from HEC's state;
+    the token is sent (as Vector's healthcheck sends it) but Splunk does not promise to judge
+    it there, so a healthy answer does not prove the token: a write test does."""
+    return Probe(health_url(dest["url"]), probe_headers(headers), lambda status, body: status == 200,
+                 {400: "invalid HEC token", 503: "HEC is unhealthy: its queues are full"})

@@ -62,6 +62,7 @@ def _resolver_client(region: str, endpoint_url: str | None):
             config=Config(signature_version=UNSIGNED, retries={"max_attempts": 1},
                           request_checksum_calculation="when_required"))
         client.meta.events.register("before-send.s3.PutObject", _capture)
+        client.meta.events.register("before-send.s3.HeadBucket", _capture)
         return client
 
 
@@ -81,6 +82,16 @@ def object_base_url(region: str, endpoint_url: str | None, bucket: str) -> str:
     if not path_end.endswith("/" + _SENTINEL_KEY):
         raise ValueError(f"unexpected S3 URL layout: {url}")
     return path_end[: -len(_SENTINEL_KEY)]
+
+
+@lru_cache(maxsize=1024)
+def bucket_url(region: str, endpoint_url: str | None, bucket: str) -> str:
+    """The URL HeadBucket uses (`settings test --check probe`), by the same endpoint rules."""
+    try:
+        _resolver_client(region, endpoint_url).head_bucket(Bucket=bucket)
+    except _Captured as c:
+        return c.url
+    raise RuntimeError("botocore sent a request while resolving a URL")  # pragma: no cover
 
 
 def object_url(base_url: str, key: str) -> str:
@@ -115,13 +126,14 @@ _PLAIN = {"Content-Type": CONTENT_TYPE}
 
 
 def signed_headers(url: str, body: bytes, credentials: Any, region: str,
-                   headers: dict[str, str] = _PLAIN) -> dict[str, str]:
-    """Headers of a PUT of `body` to `url`, signed with botocore's S3 SigV4 signer.
+                   headers: dict[str, str] = _PLAIN, method: str = "PUT") -> dict[str, str]:
+    """Headers of a PUT of `body` to `url` (or of another `method`, such as HeadBucket's
+    HEAD), signed with botocore's S3 SigV4 signer.
 
     `credentials` are frozen (access key, secret key, token), so a refresh cannot change
     them halfway through a signature. The payload's SHA-256 is signed (botocore's default
     for a PUT without Content-MD5), so S3 checks the body end to end."""
-    request = AWSRequest(method="PUT", url=url, data=body, headers=dict(headers))
+    request = AWSRequest(method=method, url=url, data=body, headers=dict(headers))
     S3SigV4Auth(credentials, "s3", region).add_auth(request)
     return dict(request.headers.items())
 
@@ -157,7 +169,30 @@ def classify(status: int, body: bytes) -> Outcome:
         return DELIVERED
     code, message = error_code(body)
     retryable = code not in FATAL_CODES and (status >= 500 or status in (0, 408, 429) or code in RETRY_CODES)
-    return Outcome(False, retryable, f"s3 {code or status}: {message}"[:300])
+    return Outcome(False, retryable, f"s3 {code or status}: {message}"[:300], status=status or None)
+
+
+WRITE_CHECK = "s3 PutObject"
+PROBE_CHECK = "s3 HeadBucket"
+# A HEAD answer has no body, so no S3 error code: what its status means instead.
+_HEAD_MEANING = {
+    404: "NoSuchBucket: the bucket does not exist",
+    403: ("Forbidden: wrong credentials, or no s3:ListBucket on the bucket (HeadBucket needs it; a policy "
+          "that allows only s3:PutObject answers 403 here although writes work: test with --check write)"),
+    400: "Bad Request (often a region or signature mismatch)",
+}
+
+
+def classify_head(status: int, bucket_region: str | None = None) -> Outcome:
+    """The outcome of a HeadBucket: 200 the bucket exists and these credentials may list it."""
+    if 200 <= status < 300:
+        return Outcome(True, status=status)
+    if status in (301, 307) or (bucket_region and status == 400):
+        what = f"the bucket is in region {bucket_region or 'another region'}, not the configured one"
+    else:
+        what = _HEAD_MEANING.get(status, "HeadBucket gives no reason (a HEAD answer has no body)")
+    retryable = status >= 500 or status in (0, 408, 429)
+    return Outcome(False, retryable, f"s3 {status} {what}"[:300], status=status)
 
 
 def connection_failure(exc: BaseException) -> Outcome:

@@ -32,7 +32,7 @@ import hashlib
 import inspect
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -50,9 +50,9 @@ from streamer.settings.urls import literal_problem
 from streamer.sinks.adaptive import AdaptiveLimit
 from streamer.sinks.base import Delivery, Outcome
 from streamer.sinks.http.service import PublicOnlyResolver
-from streamer.sinks.s3.request import (BIG_BODY, FATAL_CODES, assume_role_args, classify, connection_failure,
-                                       object_base_url, object_headers, object_url, signed_headers_async,
-                                       unexpected_failure)
+from streamer.sinks.s3.request import (BIG_BODY, FATAL_CODES, assume_role_args, bucket_url, classify,
+                                       classify_head, connection_failure, object_base_url, object_headers,
+                                       object_url, signed_headers, signed_headers_async, unexpected_failure)
 
 __all__ = ["S3Sink", "FATAL_CODES"]
 
@@ -230,6 +230,35 @@ class S3Sink:
         finally:
             gate.release(epoch, ok=ok, overload=overload)
 
+    async def probe(self, destination: dict[str, Any], destination_id: str) -> Outcome:
+        """HeadBucket (`settings test --check probe`): whether the bucket exists and these
+        credentials reach it, writing nothing. The same path as a PUT: the destination's
+        keys, assumed role or the default chain, its endpoint, and the SSRF guard on a
+        tenant's own endpoint (the literal check in `_target`, the public-only resolver)."""
+        try:
+            target = await self._target(destination, scope_of_destination(destination_id))
+            endpoint = destination.get("endpoint_url") or self._default_endpoint
+            url = await asyncio.to_thread(bucket_url, target.region, endpoint, destination["bucket"])
+        except asyncio.CancelledError:
+            raise
+        except _Refused as e:
+            return Outcome(False, False, str(e))
+        except Exception as e:
+            return unexpected_failure(e)
+        try:
+            credentials = await self._credentials(target)
+            headers = signed_headers(url, b"", credentials, target.region, {}, method="HEAD")
+            async with self._shared_session(target.public_only).head(
+                    URL(url, encoded=True), headers=headers, allow_redirects=False) as resp:
+                outcome = classify_head(resp.status, resp.headers.get("x-amz-bucket-region"))
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as e:
+            outcome = connection_failure(e)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            outcome = unexpected_failure(e)
+        return _redacted(outcome, target.secrets)
+
     async def close(self) -> None:
         for session in self._sessions.values():
             await session.close()
@@ -242,7 +271,7 @@ def _redacted(outcome: Outcome, secrets: list[str]) -> Outcome:
     echo what it was sent)."""
     if outcome.ok or not secrets or not outcome.error:
         return outcome
-    return Outcome(outcome.ok, outcome.retryable, redact_text(outcome.error, secrets)[:300], outcome.retry_after)
+    return replace(outcome, error=redact_text(outcome.error, secrets)[:300])
 
 
 class _Refused(Exception):
