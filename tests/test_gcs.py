@@ -70,3 +70,17 @@ def test_the_cli_encrypts_the_key():
     dest = encrypt_secrets({"destination": {"type": "gcs", "bucket": "b", "service_account_key": plain}},
                            KEYS, "ws/1")["destination"]
     assert decrypt(dest["service_account_key"]["enc"], KEYS, "ws/1", "destination.service_account_key") == plain
+
+
+@pytest.mark.parametrize("bucket, ok", [("audit-logs", True), ("my_bucket.example.com", True), ("a/../b", False),
+                                        ("bucket?alt=media", False), ("Bucket", False), ("-bucket", False)])
+def test_bucket_names_follow_googles_rules(bucket, ok):
+    from pydantic import ValidationError
+
+    from streamer.settings.model import GcsDestination
+
+    if ok:
+        assert GcsDestination(bucket=bucket).bucket == bucket
+    else:
+        with pytest.raises(ValidationError):
+            GcsDestination(bucket=bucket)

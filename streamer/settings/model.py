@@ -177,7 +177,9 @@ class GcsDestination(Strict):
     default Google credentials (GOOGLE_APPLICATION_CREDENTIALS, the metadata server)."""
 
     type: Literal["gcs"] = "gcs"
-    bucket: Annotated[str, Field(min_length=3, max_length=222)]
+    # Google's bucket naming rules: the name goes into the JSON API's request path as it is,
+    # so nothing else (a "/", "..", "?") may reach it.
+    bucket: Annotated[str, Field(min_length=3, max_length=222, pattern=r"^[a-z0-9][a-z0-9._-]*[a-z0-9]$")]
     prefix: str = ""
     service_account_key: Encrypted | None = None
     endpoint_url: str | None = Field(default=None, description="For emulators; default https://storage.googleapis.com.")
