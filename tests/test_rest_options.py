@@ -162,6 +162,8 @@ def test_each_auth_type_sets_its_header_and_lists_every_form_of_its_secret():
     sumo = credentials(encrypt_secrets({"destination": dest(provider="sumo", url=SUMO_URL)}, ENC, "ws/7")["destination"],
                        ENC, "ws/7")
     assert sumo.url == SUMO_URL and "ZaVnC4dhaV2-sumo-token-1f0e" in sumo.secrets  # the token alone, as echoed
+    stored_plain = credentials(dest(provider="sumo", url=SUMO_URL), ENC, "ws/7")  # from before it was a secret
+    assert stored_plain.url == SUMO_URL and "ZaVnC4dhaV2-sumo-token-1f0e" in stored_plain.secrets
 
 
 def test_the_client_credentials_grant_and_token_renewal():

@@ -46,11 +46,11 @@ def credentials(dest: dict[str, Any], keys: dict[str, bytes], scope: str) -> Cre
 
     secrets: list[str] = []
     url = dest["url"]
-    if isinstance(url, dict):
-        url = secret(url, "url")
+    if isinstance(url, dict) or dest.get("provider") == "sumo":  # a plain one: stored before it was a secret
+        url = secret(url, "url") if isinstance(url, dict) else url
         # An error text may carry the path or the token alone (the last segment of the path).
         path = urlsplit(url).path
-        secrets += [p for p in (path, path.rstrip("/").rsplit("/", 1)[-1]) if len(p) >= 8]
+        secrets += [p for p in (url, path, path.rstrip("/").rsplit("/", 1)[-1]) if len(p) >= 8]
     headers = dict(dest.get("headers") or {})
     for name, env in (dest.get("secret_headers") or {}).items():
         headers[name] = secret(env, f"secret_headers.{name}")
