@@ -225,6 +225,17 @@ async def test_each_auth_type_is_accepted_by_the_contract_server_and_oauth2_reco
         assert server.unauthorized == {"oauth": 1} and len(server.tokens) == 2
         assert [r["client_auth"] for r in server.token_requests] == ["basic", "basic"]
 
+        # A destination that refuses every token (here: it wants a header the config lacks)
+        # does not cost a token request per event: a token never accepted is renewed at most
+        # once a minute.
+        server.oauth.add("picky")
+        server.required["picky"] = {"X-Tenant": "t-1"}
+        picky = encrypted(dest(url=server.url("generic", "picky"), auth=oauth))
+        for _ in range(3):
+            refused = await sink.send(picky, deliveries(2))
+            assert all(not o.ok and not o.retryable and o.error.startswith("HTTP 401") for o in refused)
+        assert server.unauthorized["picky"] == 6 and len(server.tokens) == 3
+
         wrong = await sink.send(encrypted(dest(url=server.url("generic", "basic"), auth={
             "type": "basic", "username": "audit", "password": "wrong-password-1"})), deliveries(1))
         assert not wrong[0].ok and not wrong[0].retryable and wrong[0].error.startswith("HTTP 401")

@@ -216,15 +216,16 @@ class HttpSink:
             async with session.post(req.url, data=req.body, headers=headers, allow_redirects=False,
                                     **target.route.options) as resp:
                 status, body, retry_after = resp.status, await resp.read(), resp.headers.get("Retry-After")
-            if status == 401 and target.token is not None:
+            if status == 401 and target.token is not None and self._tokens.invalidate(target.token.key, token):
                 # Revoked before it expired: a new token, and this request once more with it.
-                self._tokens.invalidate(target.token.key, token)
                 token = await self._token(target.token)
                 headers = {**req.headers, "Authorization": f"Bearer {token}"}
                 async with session.post(req.url, data=req.body, headers=headers, allow_redirects=False,
                                         **target.route.options) as resp:
                     status, body, retry_after = resp.status, await resp.read(), resp.headers.get("Retry-After")
             if policy.success(status, body):
+                if target.token is not None:
+                    self._tokens.accepted(target.token.key, token)
                 return DELIVERED
             # Not cut to 200 characters here: send() redacts first, so no secret is cut in half.
             error = f"HTTP {status}: {body[:4096].decode('utf-8', 'replace')}"

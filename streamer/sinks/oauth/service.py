@@ -2,6 +2,11 @@
 however many requests wait for it, renewed before it expires, and renewed early when a
 destination answers 401 to it (a revoked token).
 
+Renewed early only when that can help: a token a destination has accepted before (so it
+was revoked since), or one older than a minute. A destination that refuses every token
+(a wrong audience or scope) would otherwise cost the identity provider one token request
+per event, and it may throttle or lock the client for that.
+
 A refusal by the token endpoint (4xx) is the configuration's fault (a wrong secret or
 client): never retried; its 408, 429 and 5xx and network errors are.
 """
@@ -41,9 +46,13 @@ class _Token:
     lock: asyncio.Lock
     value: str = ""
     renew_at: float = 0.0
+    fetched_at: float = 0.0
+    accepted: bool = False  # a destination took a request with it
 
 
 class TokenCache:
+    UNPROVEN_RENEWAL_S = 60.0  # a token never accepted is renewed on a 401 at most this often
+
     def __init__(self, max_tokens: int = 2_000, clock: Callable[[], float] = time.monotonic) -> None:
         self._tokens: OrderedDict[bytes, _Token] = OrderedDict()
         self._max = max_tokens
@@ -66,15 +75,27 @@ class TokenCache:
             if token.value and self._clock() < token.renew_at:
                 return token.value
             value, lifetime = await self._fetch(session, request())
-            token.value, token.renew_at = value, renew_at(lifetime, self._clock())
+            now = self._clock()
+            token.value, token.renew_at, token.fetched_at, token.accepted = value, renew_at(lifetime, now), now, False
             return value
 
-    def invalidate(self, key: bytes, value: str) -> None:
-        """Forget `value` (a destination refused it): the next `get` fetches a new one. A token
-        already replaced is left alone, so many requests refused at once fetch only once."""
+    def accepted(self, key: bytes, value: str) -> None:
+        """A destination took a request with `value`."""
         token = self._tokens.get(key)
         if token is not None and token.value == value:
+            token.accepted = True
+
+    def invalidate(self, key: bytes, value: str) -> bool:
+        """A destination refused `value`: True when a new token is worth asking for (the next
+        `get` fetches it), False when it would be refused too (see the module docstring). A
+        token already replaced is left alone, so many requests refused at once fetch once."""
+        token = self._tokens.get(key)
+        if token is None or token.value != value:
+            return True
+        if token.accepted or self._clock() - token.fetched_at >= self.UNPROVEN_RENEWAL_S:
             token.renew_at = 0.0
+            return True
+        return False
 
     async def _fetch(self, session: aiohttp.ClientSession, req: TokenRequest) -> tuple[str, float | None]:
         self.fetches += 1
