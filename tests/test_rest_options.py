@@ -10,6 +10,7 @@ import base64
 import urllib.parse
 from datetime import datetime, timezone
 
+import aiohttp
 import orjson
 import pytest
 
@@ -23,6 +24,7 @@ from streamer.sinks.base import Delivery
 from streamer.sinks.http.auth import credentials
 from streamer.sinks.http.service import HttpSink
 from streamer.sinks.oauth.request import parse_token, renew_at, token_request
+from streamer.sinks.oauth.service import TokenCache, TokenRequest
 from tests.providers import OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, OAUTH_SCOPE, Fault, ProviderServer
 from tests.tls_proxy import Authority, ForwardProxy, server_context
 
@@ -336,3 +338,26 @@ async def test_through_a_proxy_the_destination_host_is_still_checked():
     finally:
         await sink.close()
         await proxy.stop()
+
+
+async def test_a_cached_token_is_renewed_before_it_expires():
+    server = ProviderServer()  # issues tokens that live an hour
+    await server.start()
+    now = [1000.0]
+    cache = TokenCache(clock=lambda: now[0])
+
+    def request() -> TokenRequest:
+        body, headers = token_request(OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, OAUTH_SCOPE, "body")
+        return TokenRequest(server.token_url, body, headers, "oauth2 token")
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            first = await cache.get(session, b"k", request)
+            now[0] += 3600 - 301  # just over five minutes before it expires: still the cached one
+            assert await cache.get(session, b"k", request) == first and len(server.tokens) == 1
+            now[0] += 2  # inside the margin: a new one, before the old one expires
+            assert await cache.get(session, b"k", request) != first and len(server.tokens) == 2
+            await cache.get(session, b"other", request)
+            assert len(server.tokens) == 3  # one per key: per destination
+    finally:
+        await server.stop()
