@@ -10,7 +10,6 @@ The request building and the sink alone: tests/test_rest_options.py.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
