@@ -32,6 +32,8 @@ from streamer.settings.state import SettingsState
 
 SECRET_FIELDS = ("api_key", "token", "secret_access_key", "account_key", "sas_token", "connection_string",
                  "service_account_key", "client_secret")
+# Secrets inside a REST destination's `auth` and `tls` objects.
+NESTED_SECRET_FIELDS = {"auth": ("password", "value", "token", "client_secret"), "tls": ("client_key",)}
 
 
 class CommandRefused(ValueError):
@@ -60,6 +62,14 @@ def encrypt_secrets(config: dict[str, Any], keys: dict[str, bytes], scope: str) 
     for name, value in list(headers.items() if isinstance(headers, dict) else ()):
         if isinstance(value, str):
             headers[name] = {"enc": secrets.encrypt(value, keys, scope, f"destination.secret_headers.{name}")}
+    for parent, names in NESTED_SECRET_FIELDS.items():
+        inner = dest.get(parent)
+        for name in names if isinstance(inner, dict) else ():
+            if isinstance(inner.get(name), str):
+                inner[name] = {"enc": secrets.encrypt(inner[name], keys, scope, f"destination.{parent}.{name}")}
+    if dest.get("type", "http") == "http" and dest.get("provider") == "sumo" and isinstance(dest.get("url"), str):
+        # A Sumo Logic source URL is its credential: the token is the last part of its path.
+        dest["url"] = {"enc": secrets.encrypt(dest["url"], keys, scope, "destination.url")}
     return config
 
 

@@ -9,14 +9,23 @@ The read-only endpoints `settings test --check probe` uses are served too: Datad
 `GET /api/v1/validate` (200 `{"valid": true}` for the right DD-API-KEY, 403 otherwise) and
 Splunk HEC's `GET /services/collector/health` (200 healthy, or an injected 503). Neither
 records anything as received, so a test can tell a probe from a write.
+
+Authentication per destination name (generic and Sumo Logic routes): headers a request
+must carry exactly (basic, API key, bearer), or a bearer token this server issued at
+`/oauth/token` (the client-credentials grant, client authenticated by HTTP Basic or in the
+form) that is not revoked; anything else is answered 401. `revoke_next` revokes a name's
+token right after the first request it authorised, as an identity provider may.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import json
 import time
+import urllib.parse
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -25,6 +34,7 @@ from aiohttp import web
 
 SPLUNK_TOKEN = "hec-token-123"
 DD_API_KEY = "dd-key-456"
+OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, OAUTH_SCOPE = "streamer-client", "oauth-secret-7c41e2d9", "audit.write"
 
 
 @dataclass
@@ -42,6 +52,7 @@ class Fault:
     statuses: list[int] = field(default_factory=list)
     retry_after: str | None = None
     hang_s: float = 0.0
+    echo_path: bool = False  # the answer names the path it was sent to, as some gateways do
 
 
 class ProviderServer:
@@ -52,12 +63,24 @@ class ProviderServer:
         self.faults: dict[str, Fault] = defaultdict(Fault)
         self.violations: list[str] = []
         self.probes: list[tuple[str, str]] = []  # (destination name, path) of every validate/health GET
+        self.required: dict[str, dict[str, str]] = {}  # name -> headers its requests must carry, exactly
+        self.oauth: set[str] = set()  # names whose requests need a token issued here
+        self.revoke_next: set[str] = set()  # names whose token is revoked after the next request it authorises
+        self.tokens: dict[str, bool] = {}  # issued token -> still valid
+        self.token_requests: list[dict] = []  # the grant forms received (with how the client authenticated)
+        self.unauthorized: dict[str, int] = defaultdict(int)  # 401s answered, per name
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.host = "127.0.0.1"
+        self.scheme = "http"
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.base}/oauth/token"
 
     def ids(self, name: str) -> list[str]:
         """Event ids received by one destination (Datadog items are unwrapped)."""
@@ -80,7 +103,9 @@ class ProviderServer:
             await asyncio.sleep(0.1)
         return self.items(name)
 
-    async def start(self, port: int = 0) -> None:
+    async def start(self, port: int = 0, ssl_context=None) -> None:
+        """`ssl_context`: serve HTTPS with it (its verify mode decides whether client
+        certificates are required)."""
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/generic/{name}", self._generic)
         app.router.add_post("/sumo/{name}", self._sumo)
@@ -89,11 +114,13 @@ class ProviderServer:
         app.router.add_get("/dd/{name}/api/v1/validate", self._datadog_validate)
         app.router.add_get("/splunk/{name}/services/collector/health", self._splunk_health)
         app.router.add_get("/splunk/{name}/services/collector/health/1.0", self._splunk_health)
+        app.router.add_post("/oauth/token", self._token)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
+        self.scheme = "https" if ssl_context is not None else "http"
 
     async def stop(self) -> None:
         await self._runner.cleanup()
@@ -105,7 +132,39 @@ class ProviderServer:
             body = gzip.decompress(body)
         return body
 
-    async def _fault(self, name: str) -> web.Response | None:
+    async def _token(self, request: web.Request) -> web.Response:
+        form = {k: v for k, v in urllib.parse.parse_qsl((await request.read()).decode())}
+        client_id, secret, how = form.get("client_id"), form.get("client_secret"), "body"
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Basic "):  # RFC 6749 2.3.1: each part form-urlencoded, then base64
+            user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+            client_id, secret, how = urllib.parse.unquote_plus(user), urllib.parse.unquote_plus(password), "basic"
+        self.token_requests.append({**{k: v for k, v in form.items() if k != "client_secret"}, "client_auth": how})
+        if form.get("grant_type") != "client_credentials" or form.get("scope") != OAUTH_SCOPE:
+            return self._bad(f"oauth: grant {form.get('grant_type')} scope {form.get('scope')}")
+        if (client_id, secret) != (OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET):
+            self.violations.append("oauth: wrong client credentials")
+            return web.json_response({"error": "invalid_client"}, status=401)
+        token = f"at-{len(self.tokens) + 1}-{uuid.uuid4().hex}"
+        self.tokens[token] = True
+        return web.json_response({"access_token": token, "token_type": "Bearer", "expires_in": 3600})
+
+    def _unauthorized(self, request: web.Request, name: str) -> web.Response | None:
+        """401 unless the request carries what its destination's authentication requires."""
+        required = self.required.get(name, {})
+        ok = all(request.headers.get(h) == v for h, v in required.items())
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if name in self.oauth:
+            ok = ok and self.tokens.get(token, False)
+        if ok:
+            if name in self.revoke_next:
+                self.revoke_next.discard(name)
+                self.tokens[token] = False
+            return None
+        self.unauthorized[name] += 1
+        return web.json_response({"error": "unauthorized"}, status=401)
+
+    async def _fault(self, name: str, request: web.Request | None = None) -> web.Response | None:
         self.requests[name] += 1
         f = self.faults.get(name)
         if f is None:
@@ -115,7 +174,10 @@ class ProviderServer:
         if f.statuses:
             status = f.statuses.pop(0)
             headers = {"Retry-After": f.retry_after} if f.retry_after else {}
-            return web.json_response({"text": "injected", "code": 9}, status=status, headers=headers)
+            body = {"text": "injected", "code": 9}
+            if f.echo_path and request is not None:
+                body["path"] = request.path
+            return web.json_response(body, status=status, headers=headers)
         return None
 
     def _bad(self, why: str, status: int = 400) -> web.Response:
@@ -130,7 +192,9 @@ class ProviderServer:
 
     async def _generic(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        if (fault := await self._fault(name)) is not None:
+        if (refused := self._unauthorized(request, name)) is not None:
+            return refused
+        if (fault := await self._fault(name, request)) is not None:
             return fault
         body = await self._body(request)
         if not request.headers.get("Content-Type", "").startswith("application/json"):
@@ -146,7 +210,9 @@ class ProviderServer:
 
     async def _sumo(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        if (fault := await self._fault(name)) is not None:
+        if (refused := self._unauthorized(request, name)) is not None:
+            return refused
+        if (fault := await self._fault(name, request)) is not None:
             return fault
         body = await self._body(request)
         if len(body) > 1_000_000:

@@ -30,7 +30,7 @@ def test_urls_and_the_client_credentials_grant():
     assert form == {"grant_type": ["client_credentials"], "client_id": ["c1"], "client_secret": ["s&e=cret"],
                     "scope": ["https://monitor.azure.com//.default"]}
     assert token_expiry({"expires_in": 3599}, 100.0) == 100.0 + 3599 - 300
-    assert token_expiry({"expires_in": 60}, 100.0) == 100.0  # short-lived: renewed on next use
+    assert token_expiry({"expires_in": 60}, 100.0) == 130.0  # short-lived: half way, not every request
 
 
 def test_a_record_has_fixed_columns_and_the_message_as_json_when_it_is_json():

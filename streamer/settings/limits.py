@@ -16,6 +16,7 @@ MAX_HEADERS = 50  # plain and secret headers together
 MAX_HEADER_NAME_BYTES = 256
 MAX_HEADER_VALUE_BYTES = 8 * KIB  # a plain header's value, or a secret's plaintext
 MAX_URL_BYTES = 2 * KIB  # a REST URL or an S3 endpoint URL
+MAX_PEM_CHARS = 64 * KIB  # a destination's CA bundle or client certificate chain (PEM)
 MAX_SECRET_ENVELOPE_CHARS = 16 * KIB  # an encrypted envelope (an 8 KiB secret, base64, plus the header)
 MAX_FIELD_CHARS = 1 * KIB  # any other free-text field (tags, names, prefix, region, ...)
 MAX_EVENT_IDS = 10_000  # event ids named by one replay command

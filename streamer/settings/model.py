@@ -84,12 +84,105 @@ class S3Destination(Strict):
 
 
 Provider = Literal["generic", "sumo", "datadog", "splunk"]
+Pem = Annotated[str, Field(min_length=1, max_length=L.MAX_PEM_CHARS)]
+
+
+def _no_ctl(v: str | None) -> str | None:
+    if v is not None and _CTL.search(v):
+        raise ValueError("contains a control character (it is sent in a header or a form)")
+    return v
+
+
+class NoAuth(Strict):
+    type: Literal["none"] = "none"
+
+
+class BasicAuth(Strict):
+    """`Authorization: Basic base64(username:password)` (RFC 7617)."""
+
+    type: Literal["basic"]
+    username: Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^[^:]*$",
+                                   description="No ':' (RFC 7617: the first colon ends the user id).")]
+    password: Encrypted
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, v: str) -> str:
+        return _no_ctl(v)
+
+
+class ApiKeyAuth(Strict):
+    """An API key sent in a header of the destination's choosing."""
+
+    type: Literal["api_key"]
+    header: Annotated[str, Field(min_length=1, max_length=L.MAX_HEADER_NAME_BYTES)] = "X-API-Key"
+    value: Encrypted
+
+    @field_validator("header")
+    @classmethod
+    def _header(cls, v: str) -> str:
+        _header_name(v)
+        return v
+
+
+class BearerAuth(Strict):
+    """`Authorization: Bearer <token>`, a static token."""
+
+    type: Literal["bearer"]
+    token: Encrypted
+
+
+class OAuth2ClientCredentials(Strict):
+    """`Authorization: Bearer <token>` with a token fetched by the client-credentials grant
+    (RFC 6749 4.4), cached, renewed before it expires and once when the destination answers 401."""
+
+    type: Literal["oauth2_client_credentials"]
+    token_url: Annotated[str, Field(min_length=8, max_length=L.MAX_URL_BYTES)]
+    client_id: Annotated[str, Field(min_length=1, max_length=1024)]
+    client_secret: Encrypted
+    scope: Annotated[str, Field(max_length=L.MAX_FIELD_CHARS)] | None = None
+    client_auth: Literal["basic", "body"] = Field(
+        default="basic", description="How the client authenticates to the token endpoint: HTTP Basic "
+                                     "(RFC 6749 2.3.1, which every server must support) or client_id and "
+                                     "client_secret in the form body (e.g. Microsoft Entra).")
+
+    @field_validator("client_id", "scope")
+    @classmethod
+    def _text(cls, v: str | None) -> str | None:
+        return _no_ctl(v)
+
+
+Auth = Annotated[Union[NoAuth, BasicAuth, ApiKeyAuth, BearerAuth, OAuth2ClientCredentials],
+                 Field(discriminator="type")]
+
+
+class Tls(Strict):
+    """TLS towards one destination: the CAs its certificate must chain to (instead of the
+    system's), and a client certificate for mutual TLS."""
+
+    ca_bundle: Pem | None = Field(default=None, description="PEM certificates; replaces the system CAs for "
+                                                            "this destination.")
+    client_cert: Pem | None = Field(default=None, description="PEM client certificate (and its chain).")
+    client_key: Encrypted | None = Field(default=None, description="PEM private key of client_cert, unencrypted "
+                                                                   "PEM before the CLI encrypts it.")
+
+    @model_validator(mode="after")
+    def _pair(self) -> "Tls":
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together")
+        return self
 
 
 class HttpDestination(Strict):
     type: Literal["http"] = "http"
     provider: Provider = "generic"
-    url: Annotated[str, Field(min_length=8)]
+    url: Annotated[str, Field(min_length=8)] | Encrypted = Field(
+        description="Sumo Logic: the source URL, which carries its token, encrypted by the CLI.")
+    auth: Auth | None = Field(default=None, description="How requests authenticate; none when absent.")
+    tls: Tls | None = None
+    proxy_url: Annotated[str, Field(min_length=8, max_length=L.MAX_URL_BYTES)] | None = Field(
+        default=None, description="http(s)://host:port of a forward proxy for this destination; default: the "
+                                  "deployment's HTTPS_PROXY / NO_PROXY.")
     headers: dict[str, str] = Field(default_factory=dict, description="Plain, non-secret headers.")
     secret_headers: dict[str, Encrypted] = Field(default_factory=dict,
                                                  description="Headers whose values are secrets (e.g. Authorization).")
@@ -112,8 +205,8 @@ class HttpDestination(Strict):
 
     @field_validator("url")
     @classmethod
-    def _url(cls, v: str) -> str:
-        return _url_size(v)
+    def _url(cls, v: str | Encrypted) -> str | Encrypted:
+        return _url_size(v) if isinstance(v, str) else v
 
     @field_validator("headers")
     @classmethod
@@ -149,6 +242,31 @@ class HttpDestination(Strict):
         if count > L.MAX_HEADERS:
             raise ValueError(L.too_big("headers and secret_headers together", count, L.MAX_HEADERS, "headers"))
         return self
+
+    @model_validator(mode="after")
+    def _auth_header_is_its_own(self) -> "HttpDestination":
+        # Only the new auth field is checked against the rest: a stricter rule on headers
+        # alone would make stored configurations unreadable after an upgrade.
+        name = auth_header_name(self.auth)
+        if name is None:
+            return self
+        taken = {n.lower(): f"{where} '{n}'" for where, names in (("headers", self.headers),
+                                                                  ("secret_headers", self.secret_headers))
+                 for n in names}
+        if self.provider == "splunk" and self.token is not None:
+            taken["authorization"] = "the splunk token"
+        if self.provider == "datadog" and self.api_key is not None:
+            taken["dd-api-key"] = "the datadog api_key"
+        if name.lower() in taken:
+            raise ValueError(f"auth sets the {name} header, which {taken[name.lower()]} sets too")
+        return self
+
+
+def auth_header_name(auth: "Auth | None") -> str | None:
+    """The request header an auth type sets (None: it sets none)."""
+    if auth is None or isinstance(auth, NoAuth):
+        return None
+    return auth.header if isinstance(auth, ApiKeyAuth) else "Authorization"
 
 
 class AzureBlobDestination(Strict):

@@ -23,8 +23,8 @@ from streamer.dlq import iter_dead_letters
 
 REPLAY_CHUNK = 500  # dead letters sent per durable send during a replay
 REPLAY_CHUNK_BYTES = 32 * 1024 * 1024
-from streamer.settings.rules import Decision, Policy, authenticate, command_id_of, cutoff, decide
-from streamer.settings.secrets import redact
+from streamer.settings.rules import Decision, Policy, authenticate, command_id_of, cutoff, decide, scope_of
+from streamer.settings.secrets import decrypt, redact
 from streamer.settings.state import SeenCommand
 from streamer.settings.urls import resolve_hosts, urls_in
 from streamer.settings.view import SettingsView
@@ -73,7 +73,10 @@ class SettingsProcessor:
                 # this worker resolve names (or wait on a slow resolver).
                 _cid, cmd, _reason = authenticate(raw or b"", self.policy)
                 if cmd is not None:
-                    resolved = await resolve_hosts(urls_in(cmd.model_dump(mode="json")))
+                    scope = scope_of(cmd) or ""
+                    resolved = await resolve_hosts(urls_in(
+                        cmd.model_dump(mode="json"),
+                        lambda env, field: decrypt(env, self.policy.encryption_keys, scope, field, allow_v1=False)))
             decision = decide(self.view.state, raw or b"", offset, self.policy, at, resolved)
             cmd_row = None
             if decision.previous_result is not None:

@@ -8,25 +8,30 @@ uses it to look up destination hosts only for commands that are signed and well 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from streamer.settings import limits, secrets, signing
-from streamer.settings.model import (AzureBlobDestination, AzureMonitorDestination, Command, Configuration,
-                                     DeletePartnerConfig, DeleteWorkspaceConfig, GcsDestination,
-                                     HttpDestination, PutPartnerConfig, PutWorkspaceConfig, RegisterWorkspace, ReplayDeadLetters,
-                                     Registration, S3Destination, TestDestination, UnregisterWorkspace)
+from streamer.settings.model import (ApiKeyAuth, AzureBlobDestination, AzureMonitorDestination, BearerAuth, Command,
+                                     Configuration, DeletePartnerConfig, DeleteWorkspaceConfig, GcsDestination,
+                                     HttpDestination, OAuth2ClientCredentials, PutPartnerConfig, PutWorkspaceConfig,
+                                     RegisterWorkspace, ReplayDeadLetters, Registration, S3Destination, TestDestination,
+                                     UnregisterWorkspace)
 from streamer.settings.state import SettingsState
 from streamer.settings.urls import check_url
 from streamer.templates import try_compile
 from streamer.sinks.azure_blob import request as azure_blob_request
 from streamer.sinks.gcs import request as gcs_request
+from streamer.sinks.http import tls
 
 _COMMAND = TypeAdapter(Command)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters except tab
 
 
 @dataclass(frozen=True)
@@ -72,11 +77,17 @@ _TAGS = {"register_workspace", "unregister_workspace", "put_partner_config", "de
          "put_workspace_config", "delete_workspace_config", "replay_dead_letters", "http", "s3"}
 
 
+_AUTH_TAGS = {"none", "basic", "api_key", "bearer", "oauth2_client_credentials"}
+_UNION_MEMBERS = {"constrained-str", "Encrypted"}  # of a url that may be encrypted
+
+
 def _field_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    # Union tags (the command type, the destination type) are pydantic's path, not the field's.
+    # Union tags (the command, destination and auth type) are pydantic's path, not the field's.
     loc = ".".join(str(p) for i, p in enumerate(first["loc"])
-                   if not (p in _TAGS and (i == 0 or first["loc"][i - 1] == "destination")))
+                   if not (p in _TAGS and (i == 0 or first["loc"][i - 1] == "destination"))
+                   and not (p in _AUTH_TAGS and i > 0 and first["loc"][i - 1] == "auth")
+                   and p not in _UNION_MEMBERS)
     return f"field '{loc}': {first['msg']}" if loc else first["msg"]
 
 
@@ -92,13 +103,10 @@ def check_configuration(config: Configuration, policy: Policy, scope: str,
             return limits.too_big(f"secret {field}", len(plaintext.encode()), limits.MAX_HEADER_VALUE_BYTES), None
     dest = config.destination
     if isinstance(dest, HttpDestination):
-        reason = check_url(dest.url, policy.allow_private_destinations, resolved)
+        reason = _check_http(dest, policy, lambda env, field: secrets.decrypt(env, policy.encryption_keys, scope, field),
+                             resolved)
         if reason:
-            return f"destination {reason}", None
-        if dest.provider == "datadog" and dest.api_key is None:
-            return "a datadog destination needs api_key", None
-        if dest.provider == "splunk" and dest.token is None:
-            return "a splunk destination needs token", None
+            return reason, None
     elif isinstance(dest, S3Destination):
         if dest.endpoint_url:
             reason = check_url(dest.endpoint_url, policy.allow_private_destinations, resolved)
@@ -139,6 +147,44 @@ def check_configuration(config: Configuration, policy: Policy, scope: str,
                 return f"azure_monitor {what} {reason}", None
     _template, warning = try_compile(config.template)
     return None, warning
+
+
+def _check_http(dest: HttpDestination, policy: Policy, decrypt, resolved: dict[str, list[str]] | None) -> str | None:
+    """Why a REST destination is refused, or None. Its secrets have decrypted already."""
+    if isinstance(dest.url, str) and dest.provider == "sumo":
+        # Its path carries the source's token. Stored rows with a plain URL still load and
+        # deliver; a command must not put a new one on the commands topic (kept 30 days).
+        return ("a sumo url carries its source token: it must be encrypted (the CLI encrypts it; "
+                "re-put the configuration with this version of the CLI)")
+    url = dest.url if isinstance(dest.url, str) else decrypt(dest.url.enc, "destination.url")
+    reason = check_url(url, policy.allow_private_destinations, resolved)
+    if reason:
+        return f"destination {reason}"
+    if dest.provider == "datadog" and dest.api_key is None:
+        return "a datadog destination needs api_key"
+    if dest.provider == "splunk" and dest.token is None:
+        return "a splunk destination needs token"
+    auth = dest.auth
+    if isinstance(auth, OAuth2ClientCredentials):
+        reason = check_url(auth.token_url, policy.allow_private_destinations, resolved)
+        if reason:
+            return f"auth token {reason}"
+    header_secret = (decrypt(auth.value.enc, "destination.auth.value") if isinstance(auth, ApiKeyAuth) else
+                     decrypt(auth.token.enc, "destination.auth.token") if isinstance(auth, BearerAuth) else None)
+    if header_secret is not None and (not header_secret or _CONTROL.search(header_secret)):
+        return "auth secret is empty or contains a control character (it is sent as a header value)"
+    if dest.proxy_url is not None:
+        reason = check_url(dest.proxy_url, policy.allow_private_destinations, resolved, proxy=True)
+        if reason:
+            return f"proxy {reason}"
+    if dest.tls is not None:
+        if urlsplit(url).scheme != "https":
+            return "tls needs an https url"
+        key = decrypt(dest.tls.client_key.enc, "destination.tls.client_key") if dest.tls.client_key else None
+        reason = tls.problem(dest.tls.ca_bundle, dest.tls.client_cert, key)
+        if reason:
+            return reason
+    return None
 
 
 def command_id_of(body: Any) -> str:

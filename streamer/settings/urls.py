@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
 
@@ -78,12 +78,14 @@ def literal_problem(url: str) -> str | None:
     return None
 
 
-def check_url(url: str, allow_private: bool, resolved: dict[str, list[str]] | None = None) -> str | None:
+def check_url(url: str, allow_private: bool, resolved: dict[str, list[str]] | None = None,
+              proxy: bool = False) -> str | None:
     """None when the URL is acceptable, else the reason.
 
     `resolved` maps host names to their addresses, looked up beforehand without blocking
     (see `resolve_hosts`); a host missing from it does not resolve. Without it (the CLI,
-    unit tests) the lookup happens here.
+    unit tests) the lookup happens here. `proxy`: a forward proxy's URL, which may be
+    `http` (a request to an https destination is a TLS tunnel through it).
     """
     try:
         parts = urlsplit(url)
@@ -91,12 +93,15 @@ def check_url(url: str, allow_private: bool, resolved: dict[str, list[str]] | No
     except ValueError as e:
         return f"url is malformed: {e}"
     if parts.username or parts.password:
-        return "url must not carry credentials; use secret_headers"
+        return "url must not carry credentials" + ("" if proxy else "; use secret_headers or auth")
     if not parts.hostname:
         return "url has no host"
-    if allow_private:
-        return None if parts.scheme in {"http", "https"} else "url scheme must be https"
-    if parts.scheme != "https":
+    if allow_private or proxy:
+        if parts.scheme not in {"http", "https"}:
+            return "url scheme must be https" if not proxy else "proxy url scheme must be http or https"
+        if allow_private:
+            return None
+    elif parts.scheme != "https":
         return "url scheme must be https"
     host = parts.hostname
     if _is_ip(host):
@@ -117,15 +122,25 @@ def check_url(url: str, allow_private: bool, resolved: dict[str, list[str]] | No
     return None
 
 
-def urls_in(command: Any) -> list[str]:
-    """The destination URLs a command carries (REST url, S3 endpoint_url, Azure account_url,
-    Azure Monitor endpoint and authority); [] for anything malformed."""
+def urls_in(command: Any, decrypt: Callable[[str, str], str] | None = None) -> list[str]:
+    """The URLs a command's destination makes the worker connect to (REST url, token_url and
+    proxy_url, S3 endpoint_url, Azure account_url, Azure Monitor endpoint and authority);
+    [] for anything malformed. `decrypt(envelope, field)`: for an encrypted REST url (a Sumo
+    Logic source URL); one that does not decrypt is left out (the rules refuse it)."""
     config = command.get("config") if isinstance(command, dict) else None
     dest = config.get("destination") if isinstance(config, dict) else None
     if not isinstance(dest, dict):
         return []
-    return [u for u in (dest.get("url"), dest.get("endpoint_url"), dest.get("account_url"), dest.get("endpoint"),
-                        dest.get("authority")) if isinstance(u, str)]
+    url = dest.get("url")
+    if isinstance(url, dict) and isinstance(url.get("enc"), str) and decrypt is not None:
+        try:
+            url = decrypt(url["enc"], "destination.url")
+        except ValueError:
+            url = None
+    auth = dest.get("auth")
+    token_url = auth.get("token_url") if isinstance(auth, dict) else None
+    return [u for u in (url, token_url, dest.get("proxy_url"), dest.get("endpoint_url"), dest.get("account_url"),
+                        dest.get("endpoint"), dest.get("authority")) if isinstance(u, str)]
 
 
 async def resolve_hosts(urls: Iterable[str], timeout: float = 5.0) -> dict[str, list[str]]:

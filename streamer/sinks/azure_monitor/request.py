@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import gzip
 from datetime import datetime, timezone
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import orjson
 
 from streamer.sinks.base import DELIVERED, Delivery, Outcome
 from streamer.sinks.http.request import Encoded, HttpRequest, Rejected, batch, idempotency_key
+from streamer.sinks.oauth.request import renew_at, token_request
 
 API_VERSION = "2023-01-01"
 MAX_BYTES = 1_000_000  # per call, uncompressed: the API counts the data, not its encoding
 SCOPE = "https://monitor.azure.com//.default"
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
-TOKEN_REFRESH_MARGIN_S = 300.0  # a token is renewed this long before it expires
 NEVER_RETRY = frozenset({400, 401, 403, 404, 413})
 
 
@@ -40,15 +40,13 @@ def token_url(dest: dict) -> str:
 
 
 def token_form(client_id: str, client_secret: str) -> bytes:
-    """The client-credentials grant, form-encoded."""
-    return urlencode({"grant_type": "client_credentials", "client_id": client_id,
-                      "client_secret": client_secret, "scope": SCOPE}).encode()
+    """The client-credentials grant, form-encoded (Entra takes the credentials in the form)."""
+    return token_request(client_id, client_secret, SCOPE, client_auth="body")[0]
 
 
 def token_expiry(body: dict, now: float) -> float:
-    """When to renew a token (monotonic seconds): its lifetime less the margin, never in the past."""
-    lifetime = float(body.get("expires_in") or 0)
-    return now + max(0.0, lifetime - TOKEN_REFRESH_MARGIN_S)
+    """When to renew a token (monotonic seconds), as for every OAuth2 token (oauth/request.py)."""
+    return renew_at(float(body.get("expires_in") or 0), now)
 
 
 def record(d: Delivery) -> bytes:

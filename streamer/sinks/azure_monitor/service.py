@@ -10,27 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
 from streamer.settings.secrets import decrypt, scope_of_destination
-from streamer.sinks.azure_monitor.request import classify, encode, token_expiry, token_form, token_url
+from streamer.sinks.azure_monitor.request import classify, encode, token_form, token_url
 from streamer.sinks.base import DELIVERED, Delivery, Outcome
 from streamer.sinks.http.request import retry_after_seconds
 from streamer.sinks.http.service import PublicOnlyResolver
+from streamer.sinks.oauth.service import TokenCache, TokenError, TokenRequest
 
 OFF_LOOP_BYTES = 256 * 1024  # a batch this large is encoded in a thread
-
-
-class TokenError(Exception):
-    def __init__(self, outcome: Outcome) -> None:
-        super().__init__(outcome.error)
-        self.outcome = outcome
 
 
 class AzureMonitorSink:
@@ -45,7 +38,7 @@ class AzureMonitorSink:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 5))
         self._session: aiohttp.ClientSession | None = None
         self._limits: OrderedDict[bytes, asyncio.Semaphore] = OrderedDict()
-        self._tokens: OrderedDict[bytes, _Token] = OrderedDict()  # per authority, tenant, client and secret
+        self._tokens = TokenCache(self.MAX_TOKENS)  # per authority, tenant, client and secret
 
     def _shared_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -67,36 +60,18 @@ class AzureMonitorSink:
         return found
 
     async def _token(self, session: aiohttp.ClientSession, dest: dict[str, Any], scope: str) -> str:
-        """A valid access token: the cached one, else one fetched (once, however many
-        requests are waiting for it). A refusal by Entra is the configuration's fault (a
-        wrong secret or tenant): never retried; its 5xx and network errors are."""
+        """A valid access token (see streamer/sinks/oauth/service.py). A refusal by Entra is
+        the configuration's fault (a wrong secret or tenant): never retried; its 5xx and
+        network errors are."""
         url = token_url(dest)
-        fp = hashlib.sha256(orjson.dumps([scope, url, dest["client_id"], dest["client_secret"]])).digest()
-        token = self._tokens.get(fp)
-        if token is None:
-            token = self._tokens[fp] = _Token(asyncio.Lock())
-            if len(self._tokens) > self.MAX_TOKENS:
-                self._tokens.popitem(last=False)
-        if token.value and time.monotonic() < token.renew_at:
-            return token.value
-        async with token.lock:
-            if token.value and time.monotonic() < token.renew_at:
-                return token.value
-            form = token_form(dest["client_id"], decrypt(dest["client_secret"]["enc"], self._keys, scope, "destination.client_secret"))
-            try:
-                async with session.post(url, data=form, allow_redirects=False,
-                                        headers={"Content-Type": "application/x-www-form-urlencoded"}) as resp:
-                    body = await resp.read()
-                    if resp.status != 200:
-                        error = f"azure_monitor token HTTP {resp.status}: {body[:200].decode('utf-8', 'replace')}"
-                        retryable = resp.status >= 500 or resp.status in (408, 429)
-                        raise TokenError(Outcome(False, retryable, error[:300],
-                                                 retry_after_seconds(resp.headers.get("Retry-After")), resp.status))
-                    parsed = orjson.loads(body)
-            except (asyncio.TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError) as e:
-                raise TokenError(Outcome(False, True, f"azure_monitor token: {type(e).__name__}: {e}"[:300])) from e
-            token.value, token.renew_at = parsed["access_token"], token_expiry(parsed, time.monotonic())
-            return token.value
+        key = hashlib.sha256(orjson.dumps([scope, url, dest["client_id"], dest["client_secret"]])).digest()
+
+        def request() -> TokenRequest:
+            secret = decrypt(dest["client_secret"]["enc"], self._keys, scope, "destination.client_secret")
+            return TokenRequest(url, token_form(dest["client_id"], secret),
+                                {"Content-Type": "application/x-www-form-urlencoded"}, "azure_monitor token")
+
+        return await self._tokens.get(session, key, request)
 
     async def send(self, destination: dict[str, Any], deliveries: list[Delivery]) -> list[Outcome]:
         session = self._shared_session()
@@ -140,10 +115,3 @@ class AzureMonitorSink:
             await self._session.close()
         self._limits.clear()
         self._tokens.clear()
-
-
-@dataclass(slots=True)
-class _Token:
-    lock: asyncio.Lock
-    value: str = ""
-    renew_at: float = 0.0

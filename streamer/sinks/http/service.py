@@ -1,4 +1,5 @@
-"""REST sink I/O: one shared connection pool, SSRF-safe resolution, one attempt per call.
+"""REST sink I/O: one shared connection pool, SSRF-safe resolution, one attempt per call
+(two for an OAuth2 destination that refuses its token: a new token, and the request again).
 
 Retries are not done here: the engine decides (in-line backoff, the retry topic, or a dead
 letter), so every attempt is counted and the partition never blocks on one destination.
@@ -14,21 +15,27 @@ import asyncio
 import hashlib
 import logging
 import socket
+import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
+from urllib.request import proxy_bypass
 
 import aiohttp
 import orjson
 from aiohttp.abc import AbstractResolver
+from aiohttp.helpers import proxies_from_env
 from aiohttp.resolver import DefaultResolver
+from yarl import URL
 
-from streamer.settings.secrets import decrypt, redact_text, scope_of_destination
+from streamer.settings.secrets import redact_text, scope_of_destination
 from streamer.settings.urls import address_allowed, literal_problem
 from streamer.sinks.base import DELIVERED, Delivery, Outcome
-from streamer.sinks.http import datadog, generic, splunk, sumo
+from streamer.sinks.http import datadog, generic, splunk, sumo, tls
+from streamer.sinks.http.auth import OAuth2, credentials
 from streamer.sinks.http.request import retry_after_seconds
+from streamer.sinks.oauth.service import TokenCache, TokenError, TokenRequest
 
 log = logging.getLogger(__name__)
 OFF_LOOP_BYTES = 256 * 1024  # a batch this large is encoded (escaped, gzipped) in a thread
@@ -63,55 +70,67 @@ def endpoint(dest: dict[str, Any]) -> str:
     return url
 
 
-def auth_headers(dest: dict[str, Any], keys: dict[str, bytes], scope: str) -> tuple[dict[str, str], list[str]]:
-    """(request headers, the decrypted secrets): secrets are bound to their scope and field."""
-    headers = dict(dest.get("headers") or {})
-    secrets: list[str] = []
-    for name, env in (dest.get("secret_headers") or {}).items():
-        headers[name] = decrypt(env["enc"], keys, scope, f"destination.secret_headers.{name}")
-        secrets.append(headers[name])
-    if dest.get("provider") == "datadog" and dest.get("api_key"):
-        headers["DD-API-KEY"] = decrypt(dest["api_key"]["enc"], keys, scope, "destination.api_key")
-        secrets.append(headers["DD-API-KEY"])
-    if dest.get("provider") == "splunk" and dest.get("token"):
-        token = decrypt(dest["token"]["enc"], keys, scope, "destination.token")
-        headers["Authorization"] = "Splunk " + token
-        secrets.append(token)
-    # A secret header like "Bearer <token>" may be echoed as the token alone.
-    secrets += [part for s in list(secrets) for part in s.split() if len(part) >= 8 and part != s]
-    return headers, secrets
-
-
 class HttpSink:
     """One connection pool for every destination, and per destination its auth headers
-    (decrypted once), URL and a cap on concurrent requests.
+    (decrypted once), URL, TLS context, proxy and a cap on concurrent requests.
 
     Destinations on one host (every tenant of one Datadog site, say) share keep-alive
     connections instead of each opening its own: with thousands of destinations a
     per-destination pool mostly re-connects. Requests stay per destination (one tenant's
     headers, never batched with another's); the pool keeps no cookies, so nothing one
     destination's server sets reaches another's requests; and the per-destination cap
-    bounds what one slow destination can hold, as its own pool's limit did.
+    bounds what one slow destination can hold, as its own pool's limit did. aiohttp keys
+    pooled connections by host, TLS context and proxy too, so a destination with its own
+    CAs or client certificate never sends on another's connection.
+
+    Proxies: a destination's own `proxy_url` (which passed the SSRF guard, and whose
+    address the connect-time resolver checks like any other); else the deployment's
+    HTTPS_PROXY / HTTP_PROXY unless NO_PROXY names the host, read once at start. The
+    deployment's proxy is the operator's and may be private: requests through it use a
+    second pool whose only connections are to that proxy. Either way the proxy resolves
+    the destination's name, so the sink resolves and checks it itself first (every 60 s).
     """
 
     MAX_DESTINATIONS = 20_000  # cached destinations; the least recently used are forgotten
+    HOST_CHECK_S = 60.0  # how long a proxied destination's checked addresses are trusted
 
-    def __init__(self, encryption_keys: dict[str, bytes], allow_private: bool, concurrency: int, timeout_s: float):
+    def __init__(self, encryption_keys: dict[str, bytes], allow_private: bool, concurrency: int, timeout_s: float,
+                 trust_env: bool = True):
         self._keys = encryption_keys
         self._allow_private = allow_private
         self._concurrency = concurrency
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(timeout_s, 5))
-        self._session: aiohttp.ClientSession | None = None
+        self._sessions: dict[bool, aiohttp.ClientSession] = {}  # by: through the deployment's proxy
         self._destinations: OrderedDict[bytes, _Destination] = OrderedDict()
+        self._tokens = TokenCache(self.MAX_DESTINATIONS)
+        # netrc is not read for destination hosts (aiohttp's trust_env would): a deployment's
+        # credentials must never reach a tenant's host. Only the proxies' own, as aiohttp does.
+        self._env_proxies = proxies_from_env() if trust_env else {}
+        self._checked_hosts: OrderedDict[str, float] = OrderedDict()
+        self._host_checker: AbstractResolver | None = None  # made on the loop, on first use
 
-    def _shared_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
+    def _shared_session(self, via_deployment_proxy: bool = False) -> aiohttp.ClientSession:
+        session = self._sessions.get(via_deployment_proxy)
+        if session is None or session.closed:
+            public_only = not self._allow_private and not via_deployment_proxy
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60,
-                                             resolver=None if self._allow_private else PublicOnlyResolver())
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
-                                                  cookie_jar=aiohttp.DummyCookieJar(),
-                                                  headers={"User-Agent": "streamer/0.1"})
-        return self._session
+                                             resolver=PublicOnlyResolver() if public_only else None)
+            session = self._sessions[via_deployment_proxy] = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar(),
+                headers={"User-Agent": "streamer/0.1"})
+        return session
+
+    def _route(self, url: str, proxy_url: str | None) -> "_Route":
+        if proxy_url:
+            return _Route({"proxy": proxy_url}, False, not self._allow_private)
+        try:
+            parsed = URL(url)
+        except ValueError:
+            return _Route({}, False, False)
+        info = self._env_proxies.get(parsed.scheme)
+        if info is None or (parsed.host and proxy_bypass(parsed.host)):
+            return _Route({}, False, False)
+        return _Route({"proxy": info.proxy, "proxy_auth": info.proxy_auth}, True, not self._allow_private)
 
     def _destination(self, dest: dict[str, Any], scope: str) -> "_Destination":
         fp = hashlib.sha256(scope.encode() + orjson.dumps(dest, option=orjson.OPT_SORT_KEYS)).digest()
@@ -119,10 +138,23 @@ class HttpSink:
         if found is not None:
             self._destinations.move_to_end(fp)
             return found
-        url = endpoint(dest)
-        headers, secrets = auth_headers(dest, self._keys, scope)
-        found = _Destination({**dest, "url": url}, headers, asyncio.Semaphore(self._concurrency), secrets,
-                             None if self._allow_private else literal_problem(url))
+        creds = credentials(dest, self._keys, scope)
+        url = endpoint({**dest, "url": creds.url})
+        route = self._route(url, dest.get("proxy_url"))
+        tls_options = dest.get("tls") or {}
+        if tls_options:
+            route.options["ssl"] = tls.context(tls_options.get("ca_bundle"), tls_options.get("client_cert"),
+                                               creds.client_key)
+        token = None
+        if creds.oauth2 is not None:
+            token = _TokenSource(creds.oauth2, fp, self._route(creds.oauth2.token_url, dest.get("proxy_url")),
+                                 None if self._allow_private else literal_problem(creds.oauth2.token_url))
+        refused = None
+        if not self._allow_private:
+            proxy_problem = dest.get("proxy_url") and literal_problem(dest["proxy_url"])
+            refused = literal_problem(url) or (proxy_problem and f"proxy {proxy_problem}")
+        found = _Destination({**dest, "url": url}, creds.headers, asyncio.Semaphore(self._concurrency), creds.secrets,
+                             refused, route, token)
         self._destinations[fp] = found
         if len(self._destinations) > self.MAX_DESTINATIONS:
             self._destinations.popitem(last=False)
@@ -146,8 +178,9 @@ class HttpSink:
     async def _send(self, target: "_Destination", deliveries: list[Delivery]) -> list[Outcome]:
         if target.refused:  # an IP literal the guard refuses now: retrying will not change it
             return [Outcome(False, False, f"destination refused: {target.refused}")] * len(deliveries)
+        if target.token is not None and target.token.refused:
+            return [Outcome(False, False, f"auth token_url refused: {target.token.refused}")] * len(deliveries)
         provider = PROVIDERS[target.dest.get("provider", "generic")]
-        session = self._shared_session()
         if sum(len(d.message) for d in deliveries) > OFF_LOOP_BYTES:
             # Escaping and gzip of megabytes take milliseconds to seconds of CPU: in a thread,
             # so the loop keeps heartbeats and every other destination moving meanwhile.
@@ -160,7 +193,7 @@ class HttpSink:
 
         async def post(req) -> None:
             async with target.limit:
-                outcome = await self._post(session, provider.POLICY, req)
+                outcome = await self._post(target, provider.POLICY, req)
             for i in req.items:
                 outcomes[i] = deliveries[i].outcome = outcome
 
@@ -170,27 +203,46 @@ class HttpSink:
             await asyncio.gather(*(post(r) for r in encoded.requests))
         return outcomes
 
-    async def _post(self, session: aiohttp.ClientSession, policy, req) -> Outcome:
+    async def _post(self, target: "_Destination", policy, req) -> Outcome:
+        token = ""
         try:
-            async with session.post(req.url, data=req.body, headers=req.headers, allow_redirects=False) as resp:
-                body = await resp.read()
-                if policy.success(resp.status, body):
-                    return DELIVERED
-                # Not cut to 200 characters here: send() redacts first, so no secret is cut in half.
-                error = f"HTTP {resp.status}: {body[:4096].decode('utf-8', 'replace')}"
-                return Outcome(False, policy.retry(resp.status), error,
-                               retry_after_seconds(resp.headers.get("Retry-After")), resp.status)
+            await self._check_host(target.route, req.url)
+            session = self._shared_session(target.route.via_deployment_proxy)
+            headers = req.headers
+            if target.token is not None:
+                token = await self._token(target.token)
+                headers = {**req.headers, "Authorization": f"Bearer {token}"}
+            async with session.post(req.url, data=req.body, headers=headers, allow_redirects=False,
+                                    **target.route.options) as resp:
+                status, body, retry_after = resp.status, await resp.read(), resp.headers.get("Retry-After")
+            if status == 401 and target.token is not None and self._tokens.invalidate(target.token.key, token):
+                # Revoked before it expired: a new token, and this request once more with it.
+                token = await self._token(target.token)
+                headers = {**req.headers, "Authorization": f"Bearer {token}"}
+                async with session.post(req.url, data=req.body, headers=headers, allow_redirects=False,
+                                        **target.route.options) as resp:
+                    status, body, retry_after = resp.status, await resp.read(), resp.headers.get("Retry-After")
+            if policy.success(status, body):
+                if target.token is not None:
+                    self._tokens.accepted(target.token.key, token)
+                return DELIVERED
+            # Not cut to 200 characters here: send() redacts first, so no secret is cut in half.
+            error = f"HTTP {status}: {body[:4096].decode('utf-8', 'replace')}"
+            return Outcome(False, policy.retry(status), _without(error, token), retry_after_seconds(retry_after),
+                           status)
+        except TokenError as e:
+            return e.outcome
         except asyncio.TimeoutError:
             return Outcome(False, True, "timed out")
         except (aiohttp.ClientError, OSError) as e:
-            return Outcome(False, True, f"network error: {type(e).__name__}: {e}")
+            return Outcome(False, True, _without(f"network error: {type(e).__name__}: {e}", token))
 
     async def probe(self, destination: dict[str, Any], destination_id: str) -> Outcome:
         """The provider's validate or health endpoint (`settings test --check probe`; Sumo
         Logic and generic HTTP have none: their test writes). Held to the SSRF guard as a POST is:
         the probe URL is derived from the configured one (Datadog's API host from its intake
-        host), so its literal address is checked here and the pool's resolver refuses
-        private answers at connect time."""
+        host), so its literal address is checked here, the pool's resolver refuses private
+        answers at connect time, and through a proxy the host is checked first, as for a POST."""
         provider = PROVIDERS[destination.get("provider", "generic")]
         if not hasattr(provider, "probe"):
             return Outcome(False, False, f"{destination.get('provider', 'generic')} has no probe endpoint")
@@ -204,7 +256,7 @@ class HttpSink:
                 outcome = Outcome(False, False, f"destination refused: {refused}")
             else:
                 async with target.limit:
-                    outcome = await self._get(self._shared_session(), probe)
+                    outcome = await self._get(target, probe)
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -213,9 +265,12 @@ class HttpSink:
             outcome = replace(outcome, error=redact_text(outcome.error, secrets)[:300])
         return outcome
 
-    async def _get(self, session: aiohttp.ClientSession, probe) -> Outcome:
+    async def _get(self, target: "_Destination", probe) -> Outcome:
         try:
-            async with session.get(probe.url, headers=probe.headers, allow_redirects=False) as resp:
+            await self._check_host(target.route, probe.url)
+            session = self._shared_session(target.route.via_deployment_proxy)
+            async with session.get(probe.url, headers=probe.headers, allow_redirects=False,
+                                   **target.route.options) as resp:
                 body = await resp.read()
                 if probe.success(resp.status, body):
                     return Outcome(True, status=resp.status)
@@ -227,10 +282,68 @@ class HttpSink:
         except (aiohttp.ClientError, OSError) as e:
             return Outcome(False, True, f"network error: {type(e).__name__}: {e}")
 
+    async def _token(self, source: "_TokenSource") -> str:
+        await self._check_host(source.route, source.oauth2.token_url)
+        session = self._shared_session(source.route.via_deployment_proxy)
+
+        def request() -> TokenRequest:
+            body, headers = source.oauth2.token_request()
+            return TokenRequest(source.oauth2.token_url, body, headers, "oauth2 token", source.route.options)
+
+        return await self._tokens.get(session, source.key, request)
+
+    async def _check_host(self, route: "_Route", url: str) -> None:
+        """Through a proxy the proxy resolves the destination's name, out of the resolver's
+        sight: so it is resolved here first, and every address it has must be globally
+        routable (the proxy may pick any). Raises OSError, as the resolver does."""
+        if not route.check_host:
+            return
+        parsed = URL(url)
+        host = parsed.host or ""
+        now = time.monotonic()
+        if self._checked_hosts.get(host, 0.0) > now:
+            return
+        if self._host_checker is None:
+            self._host_checker = DefaultResolver()
+        answers = await self._host_checker.resolve(host, parsed.port or 443, socket.AF_UNSPEC)
+        bad = [a["host"] for a in answers if not address_allowed(a["host"])]
+        if bad:
+            raise OSError(f"destination host {host!r} resolves to {bad[0]}, which is not globally routable "
+                          f"(checked before sending through a proxy)")
+        self._checked_hosts[host] = now + self.HOST_CHECK_S
+        self._checked_hosts.move_to_end(host)
+        if len(self._checked_hosts) > self.MAX_DESTINATIONS:
+            self._checked_hosts.popitem(last=False)
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
         self._destinations.clear()
+        self._tokens.clear()
+        if self._host_checker is not None:
+            await self._host_checker.close()
+            self._host_checker = None
+
+
+def _without(text: str, token: str) -> str:
+    """An access token is not among a destination's configured secrets: redacted here."""
+    return text.replace(token, "***") if token else text
+
+
+@dataclass(slots=True)
+class _Route:
+    options: dict[str, Any]  # for session.post: proxy, proxy_auth, ssl
+    via_deployment_proxy: bool  # the second pool, whose only connections are to that proxy
+    check_host: bool  # a proxy resolves the host: check its addresses here first
+
+
+@dataclass(slots=True)
+class _TokenSource:
+    oauth2: OAuth2
+    key: bytes  # the destination's fingerprint: a token per destination
+    route: _Route
+    refused: str | None = None  # why the SSRF guard refuses the token URL
 
 
 @dataclass(slots=True)
@@ -240,3 +353,5 @@ class _Destination:
     limit: asyncio.Semaphore  # concurrent requests to this destination
     secrets: list[str]  # the decrypted secrets, redacted from every error text
     refused: str | None = None  # why the SSRF guard refuses this URL
+    route: _Route = field(default_factory=lambda: _Route({}, False, False))
+    token: _TokenSource | None = None  # an OAuth2 destination's token
