@@ -57,7 +57,10 @@ class MonitorServer:
             return web.json_response({"error": "invalid_request"}, status=400)
         if form.get("client_secret") != [CLIENT_SECRET]:
             self.refused.append("wrong client secret")
-            return web.json_response({"error": "invalid_client"}, status=401)
+            # Echoes what it was given, as a careless identity provider might: the sink must
+            # keep it out of error texts.
+            return web.json_response({"error": "invalid_client",
+                                      "error_description": f"secret {form.get('client_secret')} is wrong"}, status=401)
         token = f"tok-{len(self.tokens) + 1}"
         self.tokens[token] = time.monotonic() + self.token_lifetime_s
         return web.json_response({"token_type": "Bearer", "expires_in": self.token_lifetime_s,

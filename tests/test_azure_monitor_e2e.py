@@ -63,3 +63,5 @@ async def test_batches_within_1_mb_retry_after_429_and_a_refused_secret(env, wor
         for m in await consume(kafka, prefix + topic, 10_000, timeout=3):
             seen.append((m.key or b"") + (m.value or b"") + b"".join(v for _, v in m.headers or ()))
     assert not any(CLIENT_SECRET.encode() in b for b in seen), "the client secret reached a topic or the log"
+    # Nor the wrong one, though the token endpoint echoed it into the dead letter's reason.
+    assert not any(b"not-the-secret" in b for b in seen), "an echoed secret reached a topic or the log"

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
 import orjson
 
-from streamer.settings.secrets import decrypt, scope_of_destination
+from streamer.settings.secrets import decrypt, redact_text, scope_of_destination
 from streamer.sinks.azure_monitor.request import classify, encode, token_form, token_url
 from streamer.sinks.base import DELIVERED, Delivery, Outcome
 from streamer.sinks.http.request import retry_after_seconds
@@ -95,6 +96,13 @@ class AzureMonitorSink:
             await post(encoded.requests[0])
         elif encoded.requests:
             await asyncio.gather(*(post(r) for r in encoded.requests))
+        if any(o.error for o in outcomes):
+            # Error texts go to logs, retry and dead-letter headers: an echoed client secret
+            # must not (the REST sink does the same for its secrets).
+            secret = decrypt(destination["client_secret"]["enc"], self._keys, scope, "destination.client_secret")
+            for i, o in enumerate(outcomes):
+                if o.error:
+                    outcomes[i] = deliveries[i].outcome = replace(o, error=redact_text(o.error, [secret])[:300])
         return outcomes
 
     async def _post(self, session: aiohttp.ClientSession, dest: dict[str, Any], req, scope: str) -> Outcome:
