@@ -113,7 +113,7 @@ async def test_objects_with_a_service_account_key_default_credentials_and_a_miss
             missing = await admin.run("test_destination", workspace_id="g2", check="probe")
         assert (found["check"], found["provider_status"]) == ("gcs Get Bucket", 200)
         assert (missing["status"], missing["provider_status"]) == ("rejected", 404), missing
-        assert len(await objects(gcs, bucket, 3, timeout=0)) == 2
+        assert len(await objects(gcs, bucket, 4, timeout=0)) == 3  # the probe wrote nothing
         w.stop()
     finally:
         await runner.cleanup()
