@@ -54,6 +54,9 @@ class Config(BaseSettings):
     encryption_keys: Keyring = Field(default_factory=dict, description=(
         "`kid:base64-32-bytes,...`; the first encrypts, all decrypt (required for secrets)"))
     allow_private_destinations: bool = Field(False, description="allow http and private addresses (tests, local dev)")
+    private_networks_allowed: str = Field("", description=(
+        "comma-separated CIDRs of private networks destinations may be in (private endpoints, an "
+        "in-VPC log server); never loopback, link-local or multicast. The CLI needs the same value"))
     command_max_age_s: float = Field(300.0, gt=0, description=(
         "issued-at window of settings commands, around their record's broker timestamp"))
     max_message_bytes: int = Field(40 * MiB, gt=0, description="the 40 MB message limit")
@@ -119,6 +122,14 @@ class Config(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value in ("", "0", 0) else value
+
+    @field_validator("private_networks_allowed")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        from streamer.settings.urls import parse_networks
+
+        parse_networks(value)  # raises ValueError naming the bad entry
+        return value
 
     @field_validator("log_level")
     @classmethod

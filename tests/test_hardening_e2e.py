@@ -72,13 +72,17 @@ async def test_queued_broken_commands_each_get_one_result_and_the_guard_holds_at
             ("rejected", "RFC 6598", orjson.dumps(put("7", {"type": "s3", "bucket": "bkt",
                                                             "endpoint_url": "https://100.64.0.10"}))),
             ("rejected", "ws/8", orjson.dumps(moved)),
+            # The operator's private network (STREAMER_PRIVATE_NETWORKS_ALLOWED below) and only it.
+            ("accepted", None, orjson.dumps(put("8", {"type": "http", "url": "https://10.20.1.2/intake"}))),
+            ("rejected", "(private)", orjson.dumps(put("8", {"type": "http", "url": "https://10.21.0.1/intake"}))),
             ("accepted", None, orjson.dumps(for_7)),
         ]
         for _status, _why, raw in queue:
             await admin.send_raw(raw)
     # Older than the 5 s window by the time the worker reads them: judged by record time, they are fresh.
     await asyncio.sleep(7)
-    w = worker_factory({"STREAMER_ALLOW_PRIVATE_DESTINATIONS": "false", "STREAMER_COMMAND_MAX_AGE_S": "5"})
+    w = worker_factory({"STREAMER_ALLOW_PRIVATE_DESTINATIONS": "false", "STREAMER_COMMAND_MAX_AGE_S": "5",
+                        "STREAMER_PRIVATE_NETWORKS_ALLOWED": "10.20.0.0/16"})
     w.wait_ready()
     results = [orjson.loads(m.value) for m in await consume(kafka, prefix + T.SETTINGS_RESULTS, len(queue), timeout=60)]
     by_offset: dict[int, list[dict]] = {}

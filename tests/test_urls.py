@@ -39,3 +39,34 @@ async def test_resolve_hosts_uses_the_loop_resolver():
     assert set(resolved) == {"localhost"} and resolved["localhost"]
     assert "loopback" in check_url(urls[0], False, resolved)
     assert await resolve_hosts(["https://no-such-host.invalid/x"], timeout=5) == {"no-such-host.invalid": []}
+
+
+@pytest.fixture
+def allowed_networks():
+    from streamer.settings import urls
+
+    urls.allow_private_networks("10.20.0.0/16, fd00:1::/64, 127.0.0.0/8, 169.254.0.0/16")
+    yield
+    urls.allow_private_networks(None)  # back to this process's environment
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("https://10.20.1.2/intake", None),
+    ("https://[fd00:1::5]/intake", None),
+    ("https://[::ffff:10.20.1.2]/intake", None),
+    ("https://10.21.0.1/intake", "private"),
+    ("https://127.0.0.1/intake", "loopback"),  # listed, yet never re-admitted: the worker itself
+    ("https://169.254.169.254/latest/meta-data", "link-local"),  # nor the cloud's metadata service
+    ("http://10.20.1.2/intake", "https"),  # an allowed network does not allow plain http
+])
+def test_an_operators_private_networks_are_allowed_and_only_those(allowed_networks, url, reason):
+    got = check_url(url, allow_private=False)
+    assert got is None if reason is None else reason in got
+
+
+def test_the_allowed_networks_are_validated_with_the_configuration(monkeypatch):
+    from streamer.config import Config, ConfigError
+
+    monkeypatch.setenv("STREAMER_PRIVATE_NETWORKS_ALLOWED", "10.20.0.0/16, 10.300.0.0/16")
+    with pytest.raises(ConfigError, match="10.300.0.0/16"):
+        Config.from_env()

@@ -9,6 +9,12 @@ excludes private, loopback, link-local, RFC 6598 shared space (100.64/10, where 
 metadata services), benchmarking, documentation, reserved and multicast space. IPv6
 addresses that carry an IPv4 address (IPv4-mapped, 6to4, NAT64 64:ff9b::/96, Teredo) are
 judged by that IPv4 address too.
+
+An operator may name private networks that destinations may be in
+(`STREAMER_PRIVATE_NETWORKS_ALLOWED`): an Azure or GCP private endpoint, an S3 VPC endpoint,
+a log server inside the VPC. That is the deployment's decision, never a tenant's, and it
+cannot re-admit loopback, link-local (cloud metadata at 169.254.169.254), unspecified or
+multicast addresses: those are the worker itself and its host, whatever the network says.
 """
 
 from __future__ import annotations
@@ -45,10 +51,17 @@ def address_problem(ip: str) -> str | None:
     candidates = [addr]
     if isinstance(addr, ipaddress.IPv6Address):
         candidates = _embedded_ipv4(addr) + candidates  # named by what it points at
+    allowed = _allowed_networks()
     for a in candidates:
         for kind, test in (("unspecified", a.is_unspecified), ("loopback", a.is_loopback),
-                           ("link-local", a.is_link_local), ("multicast", a.is_multicast),
-                           ("shared address space (RFC 6598)", a in _SHARED),
+                           ("link-local", a.is_link_local), ("multicast", a.is_multicast)):
+            if test:
+                return kind
+        if any(a in net for net in allowed) or (
+                allowed and isinstance(a, ipaddress.IPv6Address) and len(candidates) > 1
+                and all(any(v4 in net for net in allowed) for v4 in candidates[:-1])):
+            continue  # an allowed network, or an IPv6 form of addresses in one
+        for kind, test in (("shared address space (RFC 6598)", a in _SHARED),
                            ("private", a.is_private), ("reserved", a.is_reserved),
                            ("site-local", getattr(a, "is_site_local", False))):
             if test:
@@ -59,6 +72,39 @@ def address_problem(ip: str) -> str | None:
 
 
 _SHARED = ipaddress.ip_network("100.64.0.0/10")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_allowed: tuple[Network, ...] | None = None  # None: not read from the environment yet
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """"10.20.0.0/16, fd00:1::/64" -> networks; ValueError naming a bad entry."""
+    out = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as e:
+            raise ValueError(f"{item!r} is not a network in CIDR notation ({e})") from None
+    return tuple(out)
+
+
+def allow_private_networks(networks: Iterable[str] | str | None) -> None:
+    """Set the allowed private networks (None: read them again from the environment)."""
+    global _allowed
+    if networks is None:
+        _allowed = None
+    else:
+        _allowed = parse_networks(networks if isinstance(networks, str) else ",".join(networks))
+
+
+def _allowed_networks() -> tuple[Network, ...]:
+    # Read once, lazily: the worker, the CLI and the sinks' resolvers all come through
+    # here, and each process takes it from its own environment.
+    global _allowed
+    if _allowed is None:
+        from streamer.config import Config
+
+        _allowed = parse_networks(Config.from_env().private_networks_allowed)
+    return _allowed
 
 
 def address_allowed(ip: str) -> bool:
