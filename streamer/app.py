@@ -277,7 +277,7 @@ engine_cfg = EngineConfig(
 # Per-destination status (streamer/status.py): the engines report to it, a timer publishes
 # it. The worker id is unique per run, so a restarted worker never resets another row.
 worker_id = f"{cfg.instance_id or socket.gethostname()}-{os.getpid()}-{int(time.time())}".replace("/", "_")
-status_book = StatusBook(worker_id, cfg.status_interval_s)
+status_book = StatusBook(worker_id, cfg.status_interval_s, cfg.status_counters_interval_s)
 
 engines = {
     "s3": DeliveryEngine("s3", S3Sink(cfg.encryption_keys, cfg.s3_endpoint_url, cfg.s3_destination_concurrency,

@@ -99,7 +99,7 @@ class DestinationStatus:
     updated_ms: int = 0
 
     def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)  # orjson serialises dataclasses itself, far cheaper than asdict()
 
     @classmethod
     def from_json(cls, data: bytes) -> "DestinationStatus":
@@ -120,23 +120,30 @@ class StatusBook:
     """A worker's status of every destination it delivered to: the engine's observer."""
 
     worker: str
-    min_interval_s: float = 2.0
+    min_interval_s: float = 2.0  # a changed state: a failure, a recovery, the breaker, a new destination
+    counters_interval_s: float = 30.0  # only counters moved: what an admin reads is the same
     rows: dict[str, DestinationStatus] = field(default_factory=dict)
     _dirty: set[str] = field(default_factory=set)
+    _news: set[str] = field(default_factory=set)  # dirty rows whose state changed, not just counters
     _published: dict[str, float] = field(default_factory=dict)  # monotonic time of the last publish
     _touched: dict[str, float] = field(default_factory=dict)  # monotonic time of the last report
 
-    def _row(self, dest_id: str) -> DestinationStatus:
+    def _row(self, dest_id: str, news: bool = False) -> DestinationStatus:
         row = self.rows.get(dest_id)
         if row is None:
             row = self.rows[dest_id] = DestinationStatus(dest_id, self.worker)
+            news = True
         self._dirty.add(dest_id)
+        if news:
+            self._news.add(dest_id)
         self._touched[dest_id] = time.monotonic()
         return row
 
     # -- DeliveryObserver ------------------------------------------------------------------
     def attempted(self, dest_id: str, dest_type: str, workspace_id: str, ok: int, errors: list[str]) -> None:
-        row = self._row(dest_id)
+        before = self.rows.get(dest_id)
+        recovered = ok and before is not None and before.failing_since_ms is not None
+        row = self._row(dest_id, news=bool(errors) or bool(recovered))
         row.type, row.workspace_id = dest_type, workspace_id or row.workspace_id
         now = _now_ms()
         if ok:
@@ -152,7 +159,7 @@ class StatusBook:
             self._row(dest_id).parked += n
 
     def dead_lettered(self, dest_id: str, workspace_id: str, n: int, error: str) -> None:
-        row = self._row(dest_id)
+        row = self._row(dest_id, news=True)
         row.dead_lettered += n
         row.workspace_id = workspace_id or row.workspace_id
         row.fail(error, _now_ms(), 0)
@@ -160,7 +167,7 @@ class StatusBook:
     def breaker(self, dest_id: str, state: str) -> None:
         row = self.rows.get(dest_id)
         if row is None or row.breaker != state:
-            self._row(dest_id).breaker = state
+            self._row(dest_id, news=True).breaker = state
 
     # -- publishing ------------------------------------------------------------------------
     def due(self, now: float | None = None) -> list[DestinationStatus]:
@@ -172,7 +179,8 @@ class StatusBook:
         for dest_id, row in list(self.rows.items()):
             last = self._published.get(dest_id)
             if dest_id in self._dirty:
-                if last is not None and now - last < self.min_interval_s:
+                wait = self.min_interval_s if dest_id in self._news else self.counters_interval_s
+                if last is not None and now - last < wait:
                     continue
             elif (row.failing_since_ms is None and row.breaker == "closed"
                   and now - self._touched.get(dest_id, now) >= EVICT_S):
@@ -184,6 +192,7 @@ class StatusBook:
                 continue
             row.updated_ms = _now_ms()
             self._dirty.discard(dest_id)
+            self._news.discard(dest_id)
             self._published[dest_id] = now
             out.append(row)
         return out
@@ -193,6 +202,7 @@ class StatusBook:
         """Rows whose publication failed: due again on the next call."""
         for row in rows:
             self._dirty.add(row.destination_id)
+            self._news.add(row.destination_id)
             self._published.pop(row.destination_id, None)
 
 

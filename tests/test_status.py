@@ -30,7 +30,7 @@ async def test_the_engine_reports_successes_failures_parks_dead_letters_and_the_
 
 
 def test_rows_are_published_at_most_every_interval_and_refreshed_when_unchanged():
-    book = StatusBook("w1", min_interval_s=5)
+    book = StatusBook("w1", min_interval_s=5, counters_interval_s=5)
     book.attempted("d", "http", "7", 1, [])
     assert [r.destination_id for r in book.due(now=100)] == ["d"]
     book.attempted("d", "http", "7", 1, [])
@@ -40,6 +40,22 @@ def test_rows_are_published_at_most_every_interval_and_refreshed_when_unchanged(
     # Healthy and unused for a day: forgotten (its last row stays on the topic until retention).
     book._touched["d"] -= 24 * 3600
     assert book.due(now=105 + 3 * 3600) == [] and book.rows == {}
+
+
+def test_counters_alone_wait_longer_than_a_change_of_state():
+    book = StatusBook("w1", min_interval_s=2, counters_interval_s=30)
+    book.attempted("d", "http", "7", 1, [])
+    assert len(book.due(now=100)) == 1  # a new destination is news
+    book.attempted("d", "http", "7", 5, [])
+    assert book.due(now=110) == []  # more deliveries: only counters
+    book.attempted("d", "http", "7", 0, ["HTTP 503: busy"])
+    assert [r.failed_attempts for r in book.due(now=110)] == [1]  # a failure is news
+    book.attempted("d", "http", "7", 1, [])
+    assert book.due(now=111) == [] and [r.failing_since_ms for r in book.due(now=112)] == [None]  # so is recovery
+    book.parked("d", 3)
+    assert book.due(now=120) == [] and [r.parked for r in book.due(now=142)] == [3]
+    book.breaker("d", "open")
+    assert [r.breaker for r in book.due(now=144)] == ["open"]
 
 
 def test_redaction_and_status_codes():

@@ -17,7 +17,7 @@ from tests.providers import Fault
 from tests.support import consume, job_event, produce
 from tests.test_reliability_e2e import FAST_RETRY, configure, metric, until
 
-FAST_STATUS = {**FAST_RETRY, "STREAMER_STATUS_INTERVAL_S": "0.3", "STREAMER_NOTIFY_MIN_INTERVAL_S": "0.5",
+FAST_STATUS = {**FAST_RETRY, "STREAMER_STATUS_INTERVAL_S": "0.3", "STREAMER_STATUS_COUNTERS_INTERVAL_S": "0.3", "STREAMER_NOTIFY_MIN_INTERVAL_S": "0.5",
                "STREAMER_BREAKER_FAILURES": "2", "STREAMER_BREAKER_RESET_S": "1"}
 
 
