@@ -36,7 +36,8 @@ EVICT_S = 24 * 3600.0  # a destination unused this long, and not failing, is for
 class DeliveryObserver(Protocol):
     """What the delivery engine reports; implementations do bookkeeping only, no I/O."""
 
-    def attempted(self, dest_id: str, dest_type: str, workspace_id: str, ok: int, errors: list[str]) -> None: ...
+    def attempted(self, dest_id: str, dest_type: str, workspace_id: str, ok: int, errors: list[str],
+                  statuses: list[int | None] | None = None) -> None: ...
 
     def parked(self, dest_id: str, n: int) -> None: ...
 
@@ -46,7 +47,7 @@ class DeliveryObserver(Protocol):
 
 
 class NullObserver:
-    def attempted(self, dest_id, dest_type, workspace_id, ok, errors) -> None:
+    def attempted(self, dest_id, dest_type, workspace_id, ok, errors, statuses=None) -> None:
         pass
 
     def parked(self, dest_id, n) -> None:
@@ -106,10 +107,12 @@ class DestinationStatus:
         row = orjson.loads(data)
         return cls(**{k: v for k, v in row.items() if k in cls.__dataclass_fields__})
 
-    def fail(self, reason: str, now: int, n: int = 1) -> None:
+    def fail(self, reason: str, now: int, n: int = 1, status: int | None = None) -> None:
         self.last_failure_ms = now
         self.last_failure_reason = redact(reason)
-        self.last_failure_status = status_code(reason)
+        # The sink's own word for the provider's status when it has one (S3 names its error
+        # code, not the status, in the text); else read from the text.
+        self.last_failure_status = status if status is not None else status_code(reason)
         if self.failing_since_ms is None:
             self.failing_since_ms = now
         self.consecutive_failures += n
@@ -140,7 +143,8 @@ class StatusBook:
         return row
 
     # -- DeliveryObserver ------------------------------------------------------------------
-    def attempted(self, dest_id: str, dest_type: str, workspace_id: str, ok: int, errors: list[str]) -> None:
+    def attempted(self, dest_id: str, dest_type: str, workspace_id: str, ok: int, errors: list[str],
+                  statuses: list[int | None] | None = None) -> None:
         before = self.rows.get(dest_id)
         recovered = ok and before is not None and before.failing_since_ms is not None
         row = self._row(dest_id, news=bool(errors) or bool(recovered))
@@ -152,7 +156,7 @@ class StatusBook:
             row.consecutive_failures, row.failing_since_ms = 0, None
         if errors:
             row.failed_attempts += len(errors)
-            row.fail(errors[0], now, len(errors))
+            row.fail(errors[0], now, len(errors), statuses[0] if statuses else None)
 
     def parked(self, dest_id: str, n: int) -> None:
         if n:

@@ -171,3 +171,11 @@ def test_a_test_command_targets_the_effective_the_partner_wide_or_the_given_dest
     assert d.test.destination_id == "partner:p" and b"other.example.com" in d.test.destination
     bad = {"destination": {**dest, "provider": "datadog"}}
     assert test(workspace_id="7", config=bad).reason == "a datadog destination needs api_key"
+
+
+def test_the_sinks_status_wins_over_reading_it_from_the_text():
+    book = StatusBook("w1", min_interval_s=0)
+    book.attempted("s3d", "s3", "7", 0, ["s3 NoSuchBucket: The specified bucket does not exist"], [404])
+    book.attempted("h", "http", "7", 0, ["HTTP 503: busy"])
+    rows = {r.destination_id: r for r in book.due(now=1)}
+    assert rows["s3d"].last_failure_status == 404 and rows["h"].last_failure_status == 503

@@ -207,7 +207,7 @@ class DeliveryEngine:
             self._ok.inc(delivered)
             self._delivered.inc(delivered)
             self.observer.attempted(dest_id, self.destination_type, pending[0].workspace_id, delivered,
-                                    [o.error for o in outcomes if not o.ok])
+                                    [o.error for o in outcomes if not o.ok], [o.status for o in outcomes if not o.ok])
             breaker.record(len(retry) < len(pending) or not pending, self.cfg.breaker_failures)
             if not retry:
                 return
