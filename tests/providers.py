@@ -63,6 +63,10 @@ class ProviderServer:
         self.faults: dict[str, Fault] = defaultdict(Fault)
         self.violations: list[str] = []
         self.probes: list[tuple[str, str]] = []  # (destination name, path) of every validate/health GET
+        self.splunk_acks: dict[str, str] = {}  # name -> "ok" | "never": its token has indexer acknowledgement on
+        self.pending_acks: dict[tuple[str, int], tuple] = {}  # (channel, ackId) -> the request, until acknowledged
+        self.ack_queries: dict[str, int] = defaultdict(int)
+        self._next_ack = 0
         self.required: dict[str, dict[str, str]] = {}  # name -> headers its requests must carry, exactly
         self.oauth: set[str] = set()  # names whose requests need a token issued here
         self.revoke_next: set[str] = set()  # names whose token is revoked after the next request it authorises
@@ -111,6 +115,7 @@ class ProviderServer:
         app.router.add_post("/sumo/{name}", self._sumo)
         app.router.add_post("/dd/{name}/api/v2/logs", self._datadog)
         app.router.add_post("/splunk/{name}/services/collector/event", self._splunk)
+        app.router.add_post("/splunk/{name}/services/collector/ack", self._splunk_ack)
         app.router.add_get("/dd/{name}/api/v1/validate", self._datadog_validate)
         app.router.add_get("/splunk/{name}/services/collector/health", self._splunk_health)
         app.router.add_get("/splunk/{name}/services/collector/health/1.0", self._splunk_health)
@@ -287,5 +292,34 @@ class ProviderServer:
                 pos += 1
         if body.lstrip().startswith("["):
             return web.json_response({"text": "Invalid data format", "code": 6}, status=400)
-        self._record("splunk", request, items, len(body))
-        return web.json_response({"text": "Success", "code": 0})
+        mode = self.splunk_acks.get(name)
+        if mode is None:
+            self._record("splunk", request, items, len(body))
+            return web.json_response({"text": "Success", "code": 0})
+        # A token with indexer acknowledgement on: HEC requires a channel and answers an ackId;
+        # the events count as received only once acknowledged (never, in mode "never").
+        channel = request.headers.get("X-Splunk-Request-Channel")
+        if not channel:
+            return web.json_response({"text": "Data channel is missing", "code": 10}, status=400)
+        ack = self._next_ack = self._next_ack + 1
+        self.pending_acks[(channel, ack)] = (name, items, len(body), request)
+        return web.json_response({"text": "Success", "code": 0, "ackId": ack})
+
+    async def _splunk_ack(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if request.headers.get("Authorization") != f"Splunk {SPLUNK_TOKEN}":
+            return web.json_response({"text": "Invalid token", "code": 4}, status=403)
+        channel = request.query.get("channel") or request.headers.get("X-Splunk-Request-Channel")
+        if not channel:
+            return web.json_response({"text": "Data channel is missing", "code": 10}, status=400)
+        asked = json.loads(await request.read()).get("acks", [])
+        self.ack_queries[name] += 1
+        answer = {}
+        for ack in asked:
+            pending = self.pending_acks.get((channel, ack))
+            indexed = pending is not None and self.splunk_acks.get(name) == "ok"
+            if indexed:  # acknowledged once: like Splunk, it then forgets the id
+                _name, items, size, original = self.pending_acks.pop((channel, ack))
+                self._record("splunk", original, items, size)
+            answer[str(ack)] = indexed
+        return web.json_response({"acks": answer})

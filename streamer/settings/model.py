@@ -188,6 +188,9 @@ class HttpDestination(Strict):
                                                  description="Headers whose values are secrets (e.g. Authorization).")
     api_key: Encrypted | None = Field(default=None, description="Datadog DD-API-KEY.")
     token: Encrypted | None = Field(default=None, description="Splunk HEC token.")
+    indexer_acknowledgements: bool = Field(default=False, description=(
+        "Splunk HEC: a delivery counts only once Splunk acknowledges it was indexed (the token must have "
+        "indexer acknowledgement on: Splunk Enterprise)."))
     gzip: bool = False
     # Provider-specific fields; each provider reads only its own.
     ddsource: Text = "workato"
@@ -235,6 +238,12 @@ class HttpDestination(Strict):
         if v is not None and _CTL.search(v):
             raise ValueError("contains a control character (it is sent as a header)")
         return v
+
+    @model_validator(mode="after")
+    def _acks_are_splunks(self) -> "HttpDestination":
+        if self.indexer_acknowledgements and self.provider != "splunk":
+            raise ValueError("indexer_acknowledgements is a Splunk HEC option (provider: splunk)")
+        return self
 
     @model_validator(mode="after")
     def _header_count(self) -> "HttpDestination":

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import socket
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -153,8 +154,12 @@ class HttpSink:
         if not self._allow_private:
             proxy_problem = dest.get("proxy_url") and literal_problem(dest["proxy_url"])
             refused = literal_problem(url) or (proxy_problem and f"proxy {proxy_problem}")
-        found = _Destination({**dest, "url": url}, creds.headers, asyncio.Semaphore(self._concurrency), creds.secrets,
-                             refused, route, token)
+        headers, channel = creds.headers, None
+        if dest.get("provider") == "splunk" and dest.get("indexer_acknowledgements"):
+            channel = str(uuid.uuid4())  # acks are per channel: one per destination and worker
+            headers = {**headers, splunk.CHANNEL_HEADER: channel}
+        found = _Destination({**dest, "url": url}, headers, asyncio.Semaphore(self._concurrency), creds.secrets,
+                             refused, route, token, channel)
         self._destinations[fp] = found
         if len(self._destinations) > self.MAX_DESTINATIONS:
             self._destinations.popitem(last=False)
@@ -225,6 +230,8 @@ class HttpSink:
             if policy.success(status, body):
                 if target.token is not None:
                     self._tokens.accepted(target.token.key, token)
+                if target.ack_channel is not None:
+                    return await self._indexed(target, session, req.url, headers, body)
                 return DELIVERED
             # Not cut to 200 characters here: send() redacts first, so no secret is cut in half.
             error = f"HTTP {status}: {body[:4096].decode('utf-8', 'replace')}"
@@ -236,6 +243,28 @@ class HttpSink:
             return Outcome(False, True, "timed out")
         except (aiohttp.ClientError, OSError) as e:
             return Outcome(False, True, _without(f"network error: {type(e).__name__}: {e}", token))
+
+    async def _indexed(self, target: "_Destination", session: aiohttp.ClientSession, url: str,
+                       headers: dict[str, str], answer: bytes) -> Outcome:
+        """Splunk indexer acknowledgement: asks until Splunk says the request's events are
+        indexed, for at most `splunk.ACK_WAIT_S` (see streamer/sinks/http/splunk.py)."""
+        ack = splunk.ack_id(answer)
+        if ack is None:  # the token has acknowledgement off: HEC's 200 is all there is
+            return DELIVERED
+        query_headers = {k: v for k, v in headers.items() if k.lower() not in ("content-encoding", "idempotency-key")}
+        query_headers["Content-Type"] = "application/json"
+        ack_url, query = splunk.ack_url(url, target.ack_channel), splunk.ack_query(ack)
+        deadline, delay = time.monotonic() + splunk.ACK_WAIT_S, 0.05
+        while True:
+            async with session.post(ack_url, data=query, headers=query_headers, allow_redirects=False,
+                                    **target.route.options) as resp:
+                if resp.status == 200 and splunk.acknowledged(await resp.read(), ack):
+                    return DELIVERED
+            if time.monotonic() + delay > deadline:
+                return Outcome(False, True, f"Splunk did not acknowledge indexing within {splunk.ACK_WAIT_S:g}s "
+                                            f"(ackId {ack}): sent again")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     async def probe(self, destination: dict[str, Any], destination_id: str) -> Outcome:
         """The provider's validate or health endpoint (`settings test --check probe`; Sumo
@@ -355,3 +384,4 @@ class _Destination:
     refused: str | None = None  # why the SSRF guard refuses this URL
     route: _Route = field(default_factory=lambda: _Route({}, False, False))
     token: _TokenSource | None = None  # an OAuth2 destination's token
+    ack_channel: str | None = None  # Splunk indexer acknowledgement: this destination's channel

@@ -1,17 +1,29 @@
 """Splunk HTTP Event Collector: event envelopes written back to back (no array, no commas),
-at most 1 MB per request; success is 200 with {"text":"Success","code":0}."""
+at most 1 MB per request; success is 200 with {"text":"Success","code":0}.
+
+Indexer acknowledgement (optional, Splunk Enterprise): HEC's 200 only says the events were
+received. With `indexer_acknowledgements` on, each request carries a channel
+(`X-Splunk-Request-Channel`, one per destination and worker), the answer carries an `ackId`,
+and the sink asks `POST /services/collector/ack?channel=…` with `{"acks": [id]}` until
+Splunk says `{"acks": {"id": true}}`: only then is the delivery done. Not acknowledged
+within `ACK_WAIT_S`: a retryable failure, so the events are sent again (Splunk may then hold
+them twice, which at-least-once allows; losing them is what acks exist to prevent)."""
 
 from __future__ import annotations
 
 import orjson
 
-from urllib.parse import urlunsplit
+from urllib.parse import urlencode, urlunsplit
 
 from streamer.sinks.http.request import Encoded, Policy, Probe, base_url, batch, finish, probe_headers
 
 MAX_BYTES = 1_000_000
 COLLECTOR_PATH = "/services/collector"
 HEALTH_PATH = "/services/collector/health"
+ACK_PATH = "/services/collector/ack"
+CHANNEL_HEADER = "X-Splunk-Request-Channel"
+# Well inside the engine's delivery deadline (5 s by default), which also bounds the POST.
+ACK_WAIT_S = 3.0
 PROBE_CHECK = "splunk health"
 
 
@@ -62,3 +74,30 @@ def probe(dest: dict, headers: dict[str, str]) -> Probe:
     it there, so a healthy answer does not prove the token: a write test does."""
     return Probe(health_url(dest["url"]), probe_headers(headers), lambda status, body: status == 200,
                  {400: "invalid HEC token", 503: "HEC is unhealthy: its queues are full"})
+
+
+# -- indexer acknowledgement (pure) ---------------------------------------------------------
+
+def ack_url(url: str, channel: str) -> str:
+    scheme, netloc, path = base_url(url, COLLECTOR_PATH)
+    return urlunsplit((scheme, netloc, path + ACK_PATH, urlencode({"channel": channel}), ""))
+
+
+def ack_id(body: bytes) -> int | None:
+    """The ackId of a successful event request; None when the token has acknowledgement off."""
+    try:
+        value = orjson.loads(body).get("ackId")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return value if type(value) is int else None
+
+
+def ack_query(ack: int) -> bytes:
+    return orjson.dumps({"acks": [ack]})
+
+
+def acknowledged(body: bytes, ack: int) -> bool:
+    try:
+        return orjson.loads(body).get("acks", {}).get(str(ack)) is True
+    except (orjson.JSONDecodeError, AttributeError):
+        return False
