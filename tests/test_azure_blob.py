@@ -101,3 +101,16 @@ def test_the_cli_encrypts_every_azure_secret():
                              "account_key": "K1", "sas_token": "S1", "connection_string": "C1"}}
     dest = encrypt_secrets(plain, KEYS, SCOPE)["destination"]
     assert [open_(dest[f]["enc"], f"destination.{f}") for f in ("account_key", "sas_token", "connection_string")] == ["K1", "S1", "C1"]
+
+
+async def test_a_default_credential_that_fails_is_retried_with_its_reason():
+    from azure.core.exceptions import ClientAuthenticationError
+
+    from streamer.sinks.azure_blob.service import _call
+
+    async def no_identity():
+        raise ClientAuthenticationError(message="DefaultAzureCredential failed to retrieve a token\ndetails")
+
+    outcome = await _call(no_identity(), 201)
+    assert (outcome.ok, outcome.retryable) == (False, True)
+    assert outcome.error == "azure_blob credential: DefaultAzureCredential failed to retrieve a token"

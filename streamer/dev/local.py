@@ -497,12 +497,16 @@ class Azurite(Service):
     # Azurite's documented, public development key (not a secret).
     KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
-    def __init__(self, state_dir: Path, port: int = 10000):
+    def __init__(self, state_dir: Path, port: int = 10000, cert: Path | None = None, key: Path | None = None,
+                 oauth: bool = False):
         super().__init__("azurite", state_dir, port)
+        # HTTPS (a PEM certificate and key) and Azurite's basic OAuth check of bearer tokens,
+        # which the Azure SDK sends only over HTTPS: for the default-credential tests.
+        self.cert, self.key, self.oauth = cert, key, oauth
 
     @property
     def account_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{self.ACCOUNT}"
+        return f"{'https' if self.cert else 'http'}://127.0.0.1:{self.port}/{self.ACCOUNT}"
 
     @property
     def connection_string(self) -> str:
@@ -518,8 +522,10 @@ class Azurite(Service):
         binary = azurite_bin()
         data = self.state_dir / "azurite-data"
         data.mkdir(parents=True, exist_ok=True)
+        extra = ["--cert", str(self.cert), "--key", str(self.key)] if self.cert else []
+        extra += ["--oauth", "basic"] if self.oauth else []
         proc = self._spawn([str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
-                            "--location", str(data), "--skipApiVersionCheck", "--loose", "--silent"])
+                            "--location", str(data), "--skipApiVersionCheck", "--loose", "--silent", *extra])
         self._wait(proc, lambda: _port_open(self.port), timeout)
 
 

@@ -139,8 +139,13 @@ async def _call(request, ok_status: int) -> Outcome:
     except (ServiceRequestError, ServiceResponseError) as e:  # no answer: connection, timeout
         return Outcome(False, True, f"azure_blob connection: {type(e).__name__}: {e}"[:300])
     except HttpResponseError as e:
+        if e.status_code is None:
+            # No answer from storage: the credential failed before the request (a
+            # ClientAuthenticationError from DefaultAzureCredential: no identity, the
+            # identity endpoint refusing). Retried: the identity may come; never dropped.
+            return Outcome(False, True, f"azure_blob credential: {str(e).split(chr(10), 1)[0]}"[:300])
         headers = e.response.headers if e.response is not None else {}
-        return classify(e.status_code, e.error_code, e.reason or str(e).split("\n", 1)[0],
+        return classify(e.status_code, getattr(e, "error_code", None), e.reason or str(e).split("\n", 1)[0],
                         retry_after_seconds(headers.get("Retry-After")))
     except asyncio.CancelledError:
         raise
