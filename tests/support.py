@@ -138,3 +138,14 @@ def workspace_of(message: dict) -> str:
     if "team" in message:
         return str(message["team"]["id"])
     return str(message["context"]["user_id"])
+
+
+async def serve(app) -> tuple:
+    """(runner, base URL) of an aiohttp app on a free loopback port; `runner.cleanup()` stops it."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"

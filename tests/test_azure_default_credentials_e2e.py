@@ -19,7 +19,7 @@ from azure.storage.blob.aio import BlobServiceClient
 
 from streamer import topics as T
 from streamer.dev.local import Azurite, free_port
-from tests.support import accepted, activity_event, admin_for, produce
+from tests.support import accepted, activity_event, admin_for, produce, serve
 from tests.test_azure_blob_e2e import blob_config, blobs
 from tests.tls_proxy import Authority
 
@@ -49,11 +49,8 @@ async def _identity_endpoint(asked: list) -> tuple[web.AppRunner, str]:
 
     app = web.Application()
     app.router.add_get("/msi/token", token)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/msi/token"
+    runner, base = await serve(app)
+    return runner, base + "/msi/token"
 
 
 async def test_blobs_with_the_deployments_managed_identity(env, worker_factory, kafka, prefix, tmp_path):

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from streamer import topics as T
-from tests.support import accepted, activity_event, admin_for, consume, job_event, produce
+from tests.support import accepted, activity_event, admin_for, consume, job_event, produce, serve
 
 
 async def token_server(public_key, issued: list):
@@ -34,11 +34,8 @@ async def token_server(public_key, issued: list):
 
     app = web.Application()
     app.router.add_post("/token", token)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/token"
+    runner, base = await serve(app)
+    return runner, base + "/token"
 
 
 async def objects(endpoint: str, bucket: str, expect: int, timeout: float = 30) -> dict:
