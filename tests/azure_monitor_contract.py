@@ -101,7 +101,7 @@ class MonitorServer:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/{tenant}/oauth2/v2.0/token", self._token)
         app.router.add_post("/dataCollectionRules/{rule}/streams/{stream}", self._ingest)
-        self._runner = web.AppRunner(app)
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

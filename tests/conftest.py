@@ -32,7 +32,7 @@ def kafka(tmp_path_factory):
     try:
         yield k.bootstrap
     finally:
-        k.stop()
+        k.stop(timeout=3)  # a throwaway broker: no need to wait out its controlled shutdown
 
 
 @pytest.fixture(scope="session")

@@ -120,7 +120,8 @@ class ProviderServer:
         app.router.add_get("/splunk/{name}/services/collector/health", self._splunk_health)
         app.router.add_get("/splunk/{name}/services/collector/health/1.0", self._splunk_health)
         app.router.add_post("/oauth/token", self._token)
-        self._runner = web.AppRunner(app, access_log=None)
+        # A hanging fault holds its requests open: shutting down must not wait 60 s for them.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=ssl_context)
         await site.start()

@@ -144,7 +144,7 @@ async def serve(app) -> tuple:
     """(runner, base URL) of an aiohttp app on a free loopback port; `runner.cleanup()` stops it."""
     from aiohttp import web
 
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)  # no 60 s wait for a hanging handler
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
