@@ -27,7 +27,7 @@ from prometheus_client import generate_latest
 
 from streamer import topics as T
 from streamer import metrics
-from streamer.batching import App, batches, overlapped
+from streamer.batching import App, RawSchema, batches, overlapped
 from streamer.isolation import isolated
 from streamer.liveness import Liveness
 from streamer.produce import DurableProducer, Refused, cut_down
@@ -98,11 +98,10 @@ app = App(
 
 
 def _topic(name: str, partitions: int | None = None) -> faust.TopicT:
-    return app.topic(cfg.topic(name), value_serializer="raw", key_serializer="raw",
-                     partitions=partitions or T.BY_NAME[name].partitions)
+    return app.topic(cfg.topic(name), schema=RawSchema(), partitions=partitions or T.BY_NAME[name].partitions)
 
 
-raw_topics = app.topic(*(cfg.topic(n) for n in T.RAW_TOPICS), value_serializer="raw", key_serializer="raw")
+raw_topics = app.topic(*(cfg.topic(n) for n in T.RAW_TOPICS), schema=RawSchema())
 commands_topic = _topic(T.SETTINGS_COMMANDS)
 s3_topic = _topic(T.DELIVERIES_S3)
 http_topic = _topic(T.DELIVERIES_HTTP)

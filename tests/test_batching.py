@@ -226,6 +226,9 @@ def test_faust_internals_this_relies_on():
     # Faust ends a stream by throwing StopAsyncIteration into its channel's queue
     from faust.agents import actor
     assert "self.stream.channel)._throw(StopAsyncIteration())" in inspect.getsource(actor)
+    # RawSchema builds the event as create_event does, and the topic compiles its decode once
+    assert "self.conf.Event(self,key,value,headers,message)" in "".join(inspect.getsource(faust.App.create_event).split())
+    assert "self.decode=self.schema.compile(" in "".join(inspect.getsource(Topic._compile_decode).split())
 
 
 class Big:
@@ -247,3 +250,23 @@ async def test_a_batch_ends_at_its_byte_limit_and_the_queue_is_full_at_its_own()
     assert [e.message.offset for e in batch] == [0, 1]  # a third would pass 250 bytes
     assert not queue.full() and queue.bytes == 100
     assert [e.message.offset for e in await _next_batch(queue, 500, 0.0, max_bytes=250)] == [2]
+
+
+async def test_raw_schema_gives_the_events_the_raw_codec_gives():
+    from faust.types import TP
+    from faust.types.tuples import Message
+
+    from streamer.batching import RawSchema
+
+    app = App("raw-schema-test", broker="kafka://127.0.0.1:1")
+    stock = app.topic("t", key_serializer="raw", value_serializer="raw")
+    ours = app.topic("t", schema=RawSchema())
+    for key, value, headers in [(b"ws-1", b'{"a":1}', [("type", b"http")]), (None, b"\xff\x00", []),
+                                (b"k", None, None), (b"", b"", [])]:
+        message = Message(topic="t", partition=0, offset=7, timestamp=0.0, timestamp_type=0, headers=headers,
+                          key=key, value=value, checksum=None, tp=TP("t", 0))
+        a, b = await stock.decode(message), await ours.decode(message)
+        assert (b.key, b.value, b.headers, b.message) == (a.key, a.value, a.headers, a.message)
+        assert type(b) is type(a)
+    with pytest.raises(TypeError):  # a typed topic needs Faust's decoding
+        app.topic("typed", schema=RawSchema(), value_type=dict)
