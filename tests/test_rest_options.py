@@ -199,6 +199,19 @@ def encrypted(destination: dict, ws: str = "7") -> dict:
     return Configuration.model_validate(enc).destination.model_dump(mode="json")
 
 
+async def test_a_destination_is_found_by_its_routed_bytes_but_only_if_they_are_its_own():
+    sink = HttpSink(ENC, allow_private=True, concurrency=4, timeout_s=5, trust_env=False)
+    a, b = dest(url="https://a.example.com/x"), dest(url="https://b.example.com/x")
+    routed_a = orjson.dumps(a)
+    found = sink._destination(a, "ws/7", routed_a)
+    assert sink._destination(dict(a), "ws/7", routed_a) is found  # a batch later: no new entry
+    assert sink._destination(a, "ws/8", routed_a) is not found  # another scope's secrets
+    # Bytes that are not the destination's (a caller that does not route): never a's entry.
+    assert sink._destination(b, "ws/7", routed_a).dest["url"] == "https://b.example.com/x"
+    assert sink._destination(b, "ws/7").dest["url"] == "https://b.example.com/x"
+    await sink.close()
+
+
 async def test_each_auth_type_is_accepted_by_the_contract_server_and_oauth2_recovers_a_revoked_token():
     server = ProviderServer()
     await server.start()

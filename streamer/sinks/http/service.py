@@ -133,12 +133,24 @@ class HttpSink:
             return _Route({}, False, False)
         return _Route({"proxy": info.proxy, "proxy_auth": info.proxy_auth}, True, not self._allow_private)
 
-    def _destination(self, dest: dict[str, Any], scope: str) -> "_Destination":
-        fp = hashlib.sha256(scope.encode() + orjson.dumps(dest, option=orjson.OPT_SORT_KEYS)).digest()
-        found = self._destinations.get(fp)
-        if found is not None:
-            self._destinations.move_to_end(fp)
-            return found
+    def _destination(self, dest: dict[str, Any], scope: str, routed: bytes | None = None) -> "_Destination":
+        """`routed`: the destination's bytes as the delivery record carries them (the same
+        configuration always routes to the same bytes), so a batch's destinations are found
+        without serialising each again; what is found must still be the destination given."""
+        if routed is not None:
+            fp = hashlib.sha256(scope.encode() + b"\0" + routed).digest()
+            found = self._destinations.get(fp)
+            if found is not None and found.given == dest:
+                self._destinations.move_to_end(fp)
+                return found
+            if found is not None:  # bytes that are not this destination's: the canonical key
+                routed = None
+        if routed is None:
+            fp = hashlib.sha256(scope.encode() + b"\1" + orjson.dumps(dest, option=orjson.OPT_SORT_KEYS)).digest()
+            found = self._destinations.get(fp)
+            if found is not None:
+                self._destinations.move_to_end(fp)
+                return found
         creds = credentials(dest, self._keys, scope)
         url = endpoint({**dest, "url": creds.url})
         route = self._route(url, dest.get("proxy_url"))
@@ -159,7 +171,7 @@ class HttpSink:
             channel = str(uuid.uuid4())  # acks are per channel: one per destination and worker
             headers = {**headers, splunk.CHANNEL_HEADER: channel}
         found = _Destination({**dest, "url": url}, headers, asyncio.Semaphore(self._concurrency), creds.secrets,
-                             refused, route, token, channel)
+                             refused, route, token, channel, dest)
         self._destinations[fp] = found
         if len(self._destinations) > self.MAX_DESTINATIONS:
             self._destinations.popitem(last=False)
@@ -168,7 +180,8 @@ class HttpSink:
     async def send(self, destination: dict[str, Any], deliveries: list[Delivery]) -> list[Outcome]:
         secrets: list[str] = []
         try:
-            target = self._destination(destination, scope_of_destination(deliveries[0].destination_id))
+            first = deliveries[0]
+            target = self._destination(destination, scope_of_destination(first.destination_id), first.destination)
             secrets = target.secrets
             outcomes = await self._send(target, deliveries)
         except asyncio.CancelledError:
@@ -385,3 +398,4 @@ class _Destination:
     route: _Route = field(default_factory=lambda: _Route({}, False, False))
     token: _TokenSource | None = None  # an OAuth2 destination's token
     ack_channel: str | None = None  # Splunk indexer acknowledgement: this destination's channel
+    given: dict[str, Any] | None = None  # the destination as the caller gave it
