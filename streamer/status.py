@@ -286,6 +286,12 @@ class StatusTable:
 
     rows: dict[str, dict[str, DestinationStatus]] = field(default_factory=dict)
     notified: dict[str, dict] = field(default_factory=dict)
+    # `merged()` runs every second on the notifier, over every destination: only those whose
+    # rows changed are merged again, and those with a breaker not closed, whose merge depends
+    # on the clock (an open breaker speaks only while its row is fresh).
+    _merged: dict[str, MergedStatus] = field(default_factory=dict, repr=False)
+    _changed: set[str] = field(default_factory=set, repr=False)
+    _clocked: set[str] = field(default_factory=set, repr=False)
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         if not key:
@@ -303,14 +309,29 @@ class StatusTable:
             return
         if value is None:
             self.rows.get(dest_id, {}).pop(worker, None)
+            self._changed.add(dest_id)
             return
         try:
             self.rows.setdefault(dest_id, {})[worker] = DestinationStatus.from_json(value)
         except (orjson.JSONDecodeError, TypeError):
             return
+        self._changed.add(dest_id)
 
     def merged(self, now_ms: int | None = None) -> dict[str, MergedStatus]:
-        return {d: merge(list(ws.values()), now_ms) for d, ws in self.rows.items() if ws}
+        now_ms = _now_ms() if now_ms is None else now_ms
+        for dest_id in self._changed | self._clocked:
+            workers = self.rows.get(dest_id)
+            if not workers:
+                self._merged.pop(dest_id, None)
+                self._clocked.discard(dest_id)
+                continue
+            self._merged[dest_id] = merge(list(workers.values()), now_ms)
+            if any(r.breaker != "closed" for r in workers.values()):
+                self._clocked.add(dest_id)
+            else:
+                self._clocked.discard(dest_id)
+        self._changed.clear()
+        return dict(self._merged)
 
 
 # -- notifications ---------------------------------------------------------------------------

@@ -94,6 +94,29 @@ def test_workers_rows_are_merged_not_overwritten():
     assert merge([a3, DestinationStatus(**{**b.__dict__, "updated_ms": 990_000})], now_ms=1_000_000).state == "failing"
 
 
+def test_the_table_merges_only_what_changed_and_gets_what_a_full_merge_gets():
+    import random
+
+    rnd = random.Random(7)
+    table = StatusTable()
+    now = 1_000_000
+    for _ in range(3000):
+        now += rnd.choice((0, 500, 5_000, 70_000))
+        dest, worker = f"workspace:{rnd.randrange(6)}", rnd.choice("abc")
+        if rnd.random() < 0.1:
+            table.apply(f"{dest}/{worker}".encode(), None)
+        else:
+            r = DestinationStatus(dest, worker, type="http", workspace_id=dest[10:], updated_ms=now - rnd.randrange(40_000),
+                                  last_success_ms=rnd.choice((None, now - 30_000, now - 1_000)),
+                                  last_failure_ms=rnd.choice((None, now - 20_000, now - 2_000)),
+                                  breaker=rnd.choice(("closed", "closed", "open", "half_open")),
+                                  delivered=rnd.randrange(5))
+            table.apply(row_key(r), r.to_json())
+        if rnd.random() < 0.3:
+            full = {d: merge(list(ws.values()), now) for d, ws in table.rows.items() if ws}
+            assert table.merged(now) == full
+
+
 def test_one_notice_per_state_change_with_a_minimum_interval():
     table = StatusTable()
     failing = row("a", last_failure_ms=950_000, last_failure_reason="HTTP 401", last_failure_status=401,
