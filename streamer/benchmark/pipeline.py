@@ -85,6 +85,18 @@ class Options:
                    profile_worker=a.profile_worker)
 
 
+_BROKER_PID: int | None = None  # the benchmark's own Kafka: its CPU is part of every phase's cost
+
+
+def _broker_cpu() -> float:
+    """The broker JVM's CPU seconds so far (0 if unreadable): with the clients' own, what a
+    phase costs the machine per event, the input of the scaling estimate in docs/performance.md."""
+    try:
+        return cpu_seconds(_BROKER_PID) if _BROKER_PID else 0.0
+    except OSError:
+        return 0.0
+
+
 def run_pipeline(opts: Options) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="streamer-bench-") as tmp:
         root = Path(tmp)
@@ -92,6 +104,8 @@ def run_pipeline(opts: Options) -> dict[str, Any]:
         s3 = MotoS3(root / "s3", free_port())
         print(f"starting Kafka on {kafka.bootstrap} and moto S3 on {s3.endpoint} ...", flush=True)
         kafka.start()
+        global _BROKER_PID
+        _BROKER_PID = kafka.pid()
         try:
             s3.start()
             return asyncio.run(_main(opts, kafka.bootstrap, s3.endpoint, root))
@@ -125,7 +139,8 @@ async def _main(opts: Options, bootstrap: str, s3: str, root: Path) -> dict[str,
                 out["baseline_pipelined"] = await _passthrough(bootstrap, prefix, opts.events, pipelined=True)
                 for name in ("baseline", "baseline_pipelined"):
                     print(f"  {name.replace('_', ' ')} passthrough: {out[name]['events_per_s']:,.0f} events/s, "
-                          f"{out[name]['cpu_us_per_event']:,.0f} µs CPU/event", flush=True)
+                          f"{out[name]['cpu_us_per_event']:,.0f} µs CPU/event (broker "
+                          f"{out[name]['broker_cpu_us_per_event']:,.0f})", flush=True)
             if "rest" not in opts.skip:
                 out.update(await _rest(opts, receiver, base_env(prefix, root / f"run{run}"), bootstrap, prefix,
                                        rest_settings, events, root / f"run{run}"))
@@ -206,7 +221,7 @@ async def _passthrough(bootstrap: str, prefix: str, n: int, timeout: float = 300
     out_topic = prefix + "bench.passthrough"
     await consumer.start()
     await producer.start()
-    cpu0 = cpu_seconds()
+    cpu0, broker0 = cpu_seconds(), _broker_cpu()
     try:
         count, t0, last_commit = 0, None, time.monotonic()
         futs: list = []
@@ -217,7 +232,7 @@ async def _passthrough(bootstrap: str, prefix: str, n: int, timeout: float = 300
             if not records:
                 continue
             if t0 is None:
-                t0, cpu0 = time.perf_counter(), cpu_seconds()
+                t0, cpu0, broker0 = time.perf_counter(), cpu_seconds(), _broker_cpu()
             futs += [await producer.send(out_topic, key=m.key, value=m.value, headers=list(m.headers))
                      for m in records]
             if not pipelined:
@@ -232,13 +247,14 @@ async def _passthrough(bootstrap: str, prefix: str, n: int, timeout: float = 300
         await asyncio.gather(*futs)
         await consumer.commit()
         elapsed = time.perf_counter() - (t0 or time.perf_counter())
-        cpu = cpu_seconds() - cpu0
+        cpu, broker = cpu_seconds() - cpu0, _broker_cpu() - broker0
     finally:
         await producer.stop()
         await consumer.stop()
     if count < n:
         raise RuntimeError(f"passthrough copied only {count} of {n} records in {timeout:.0f}s")
-    return {"events": n, "seconds": elapsed, "events_per_s": n / elapsed, "cpu_us_per_event": cpu / n * 1e6}
+    return {"events": n, "seconds": elapsed, "events_per_s": n / elapsed, "cpu_us_per_event": cpu / n * 1e6,
+            "broker_cpu_us_per_event": broker / n * 1e6}
 
 
 # -- workers ----------------------------------------------------------------------------------
@@ -335,22 +351,24 @@ async def _rest(opts: Options, receiver: Receiver, env: dict[str, str], bootstra
     try:
         await workers.start()
         t0 = await workers.first_consumption()
-        cpu0, own0 = workers.cpu(), cpu_seconds()
+        cpu0, own0, broker0 = workers.cpu(), cpu_seconds(), _broker_cpu()
         try:
             await asyncio.wait_for(receiver.done.wait(), timeout=max(120.0, n / 200))
         except asyncio.TimeoutError:
             raise RuntimeError(f"receiver got {receiver.unique} of {n} events; worker log:\n"
                                f"{workers.procs[0].log()[-4000:]}") from None
         t1 = time.perf_counter()
-        cpu, own = workers.cpu() - cpu0, cpu_seconds() - own0
+        cpu, own, broker = workers.cpu() - cpu0, cpu_seconds() - own0, _broker_cpu() - broker0
         elapsed = t1 - t0
         out["rest"] = {"events": n, "seconds": elapsed, "events_per_s": n / elapsed,
                        "cpu_us_per_event": cpu / n * 1e6, "receiver_cpu_us_per_event": own / n * 1e6,
+                       "broker_cpu_us_per_event": broker / n * 1e6,
                        "requests": receiver.phase_requests,
                        "items_per_request": receiver.items / max(1, receiver.phase_requests),
                        "duplicates": receiver.duplicates, "destinations": settings.destinations}
         print(f"  REST pipeline: {n / elapsed:,.0f} events/s, {cpu / n * 1e6:.0f} µs CPU/event (receiver "
-              f"{own / n * 1e6:.0f}), {out['rest']['items_per_request']:.1f} items/request", flush=True)
+              f"{own / n * 1e6:.0f}, broker {broker / n * 1e6:.0f}), {out['rest']['items_per_request']:.1f} "
+              f"items/request", flush=True)
         if "latency" not in opts.skip:
             cpu0 = workers.cpu()
             out["latency"] = await _latency(opts, receiver, bootstrap, prefix, settings, n)
@@ -514,10 +532,14 @@ def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     m = {
         "baseline_events_per_s": med(("baseline", "events_per_s")),
         "baseline_cpu_us_per_event": med(("baseline", "cpu_us_per_event")),
+        "baseline_broker_cpu_us_per_event": med(("baseline", "broker_cpu_us_per_event")),
         "pipelined_events_per_s": med(("baseline_pipelined", "events_per_s")),
         "pipelined_cpu_us_per_event": med(("baseline_pipelined", "cpu_us_per_event")),
+        "pipelined_broker_cpu_us_per_event": med(("baseline_pipelined", "broker_cpu_us_per_event")),
         "rest_events_per_s": med(("rest", "events_per_s")),
         "rest_cpu_us_per_event": med(("rest", "cpu_us_per_event")),
+        "rest_broker_cpu_us_per_event": med(("rest", "broker_cpu_us_per_event")),
+        "rest_receiver_cpu_us_per_event": med(("rest", "receiver_cpu_us_per_event")),
         "rest_items_per_request": med(("rest", "items_per_request")),
         "rest_peak_rss_mb": med(("rest", "peak_rss_mb")),
         "latency_p50_ms": med(("latency", "p50_ms")),
@@ -545,11 +567,12 @@ def report(result: dict[str, Any]) -> str:
         f"(70% summaries ~1 KB, 10% details ~20 KB, 20% user activity ~1 KB), {o['workers']} worker(s), "
         f"{result['settings']['workspaces']:,} workspaces / {result['settings']['destinations']:,} destinations",
         f"  baseline aiokafka passthrough   {f(m['baseline_events_per_s'], ',.0f'):>8} events/s   "
-        f"{f(m['baseline_cpu_us_per_event'], '.0f')} µs CPU/event",
+        f"{f(m['baseline_cpu_us_per_event'], '.0f')} µs CPU/event (broker {f(m.get('baseline_broker_cpu_us_per_event'), '.0f')})",
         f"  pipelined passthrough           {f(m['pipelined_events_per_s'], ',.0f'):>8} events/s   "
-        f"{f(m['pipelined_cpu_us_per_event'], '.0f')} µs CPU/event",
+        f"{f(m['pipelined_cpu_us_per_event'], '.0f')} µs CPU/event (broker {f(m.get('pipelined_broker_cpu_us_per_event'), '.0f')})",
         f"  REST pipeline (Datadog batches) {f(m['rest_events_per_s'], ',.0f'):>8} events/s   "
-        f"{f(m['rest_cpu_us_per_event'], '.0f')} µs CPU/event, {f(m['rest_items_per_request'], '.1f')} items/request",
+        f"{f(m['rest_cpu_us_per_event'], '.0f')} µs CPU/event (broker {f(m.get('rest_broker_cpu_us_per_event'), '.0f')}, "
+        f"receiver {f(m.get('rest_receiver_cpu_us_per_event'), '.0f')}), {f(m['rest_items_per_request'], '.1f')} items/request",
         f"  pipeline / baseline             {f(m['rest_to_baseline'] and m['rest_to_baseline'] * 100, '.0f')}%"
         f"   (target ≥ 50%); / pipelined passthrough {f(m['rest_to_pipelined'] and m['rest_to_pipelined'] * 100, '.0f')}%",
         f"  end-to-end latency at {f(m['latency_offered_per_s'], ',.0f')} events/s: "
