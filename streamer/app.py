@@ -74,6 +74,11 @@ app = App(
     consumer_auto_offset_reset="earliest",
     producer_max_request_size=BIG,
     producer_linger_ms=5,
+    # aiokafka's default batch is 16 KB: a 500-event routing batch became ~250 record batches
+    # of two delivery records each, every one with its own futures, callbacks and broker
+    # bookkeeping (the cyclic garbage the worker collected was mostly these). The request size
+    # is still bounded by the produce byte budget (streamer/produce.py), not by this.
+    producer_max_batch_size=1024 * 1024,
     producer_acks=-1,
     # Per partition and fetch. The broker still returns a first record larger than this
     # (a 40 MB message passes, tested); it bounds how much a backlog buffers: peak RSS on a

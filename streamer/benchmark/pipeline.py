@@ -217,7 +217,7 @@ async def _passthrough(bootstrap: str, prefix: str, n: int, timeout: float = 300
                                 group_id=f"passthrough-{'pipelined-' if pipelined else ''}{prefix}", auto_offset_reset="earliest",
                                 enable_auto_commit=False, max_partition_fetch_bytes=BIG, fetch_max_bytes=BIG,
                                 **client_kwargs())
-    producer = _producer(bootstrap, linger_ms=5, acks="all")
+    producer = _producer(bootstrap, linger_ms=5, acks="all", max_batch_size=1024 * 1024)  # as the worker produces
     out_topic = prefix + "bench.passthrough"
     await consumer.start()
     await producer.start()
