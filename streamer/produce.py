@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -95,29 +96,55 @@ class ByteBudget:
 
     Every agent produces through the one Faust producer, so the bound must be shared: a
     per-call bound would still let two agents' large records meet in one request.
+
+    Waiters are served first come, first served, so a large record is not starved by small
+    ones slipping past it; the common case (nothing waiting, room left) takes no lock and
+    makes no task: it runs once per produced record.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
-        self._changed = asyncio.Condition()
+        self._waiters: deque[tuple[int, asyncio.Future]] = deque()
 
     async def acquire(self, size: int) -> int:
         """Wait until `size` bytes fit; returns what was taken (a record over the limit takes
         all of it, so it travels alone)."""
         take = min(size, self.limit)
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.used + take <= self.limit)
+        if not self._waiters and self.used + take <= self.limit:
             self.used += take
+            return take
+        entry = (take, asyncio.get_running_loop().create_future())
+        self._waiters.append(entry)
+        try:
+            await entry[1]
+        except asyncio.CancelledError:
+            if entry[1].done() and not entry[1].cancelled():
+                self.release(take)  # granted just before the cancellation: give it back
+            else:
+                try:
+                    self._waiters.remove(entry)
+                except ValueError:
+                    pass
+                self._grant()  # it may have been first in line, holding up others that fit
+            raise
         return take
 
     def release(self, taken: int) -> None:
         self.used -= taken
-        asyncio.get_running_loop().create_task(self._notify())
+        self._grant()
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    def _grant(self) -> None:
+        while self._waiters:
+            take, waiter = self._waiters[0]
+            if waiter.done():  # cancelled while waiting
+                self._waiters.popleft()
+                continue
+            if self.used + take > self.limit:
+                return
+            self._waiters.popleft()
+            self.used += take
+            waiter.set_result(None)
 
 
 class DurableProducer:
@@ -198,9 +225,17 @@ class DurableProducer:
         except Exception as e:  # buffer full, producer restarting, record refused on the spot
             self.budget.release(taken)
             return _raise(e)
-        # A task, not a bare coroutine: the budget comes back when the broker answers, even
-        # if the caller is cancelled before it awaits this.
+        # The budget comes back when the broker answers, even if the caller is cancelled
+        # before it awaits this: a callback on the ack's future (a task for other awaitables).
+        if isinstance(fut, asyncio.Future):
+            fut.add_done_callback(lambda f: self._acked(f, taken))
+            return fut
         return asyncio.ensure_future(self._released(fut, taken))
+
+    def _acked(self, fut: asyncio.Future, taken: int) -> None:
+        self.budget.release(taken)
+        if not fut.cancelled():
+            fut.exception()  # seen: a caller cancelled meanwhile must not leave it "never retrieved"
 
     async def _released(self, fut: Awaitable[Any], taken: int) -> Any:
         try:

@@ -111,6 +111,35 @@ async def test_the_byte_budget_bounds_what_is_in_flight():
     assert producer.budget.used == 0
 
 
+async def test_the_byte_budget_serves_waiters_in_order_and_survives_cancelled_ones():
+    from streamer.produce import ByteBudget
+
+    budget = ByteBudget(100)
+    assert await budget.acquire(60) == 60
+    order: list[str] = []
+
+    async def take(name: str, size: int) -> None:
+        taken = await budget.acquire(size)
+        order.append(name)
+        await asyncio.sleep(0.01)
+        budget.release(taken)
+
+    big = asyncio.create_task(take("big", 90))  # waits for the first 60 to come back
+    await asyncio.sleep(0.01)
+    gone = asyncio.create_task(budget.acquire(5))  # would fit now, but waits its turn
+    small = asyncio.create_task(take("small", 10))
+    await asyncio.sleep(0.01)
+    assert order == [] and not small.done()  # a small record does not slip past the big one
+    gone.cancel()
+    budget.release(60)
+    await asyncio.wait_for(asyncio.gather(big, small), 5)
+    assert order == ["big", "small"]
+    assert await asyncio.gather(gone, return_exceptions=True) != [5]
+    assert budget.used == 0 and await budget.acquire(500) == 100  # over the limit: all of it, alone
+    budget.release(100)
+    assert budget.used == 0
+
+
 @pytest.mark.parametrize("idempotent", ["stock", "wound back"])
 async def test_an_idempotent_producer_outlives_a_refused_record(kafka, idempotent):
     # aiokafka's idempotent producer gives a refused batch's sequence number away for good:
