@@ -8,6 +8,7 @@
   python -m streamer.benchmark micro      the pure hot path, µs per event
   python -m streamer.benchmark memory     RSS with 100,000 workspaces, effective() at 1k vs 100k
   python -m streamer.benchmark s3put      client CPU per S3 object: aiobotocore put_object vs the sink
+  python -m streamer.benchmark httppost   client CPU per REST request: a bare aiohttp POST vs the HTTP sink
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-COMMANDS = ("pipeline", "micro", "memory", "s3put")
+COMMANDS = ("pipeline", "micro", "memory", "s3put", "httppost")
 
 
 def _save(results: dict, suffix: str = "") -> Path:
@@ -103,6 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         result = run_s3put(args.objects, args.destinations, args.repeats, args.size)
         print(report(result))
         print(f"results: {_save({'machine': _machine(), 's3put': result}, '-s3put')}")
+        return 0
+    if command == "httppost":
+        parser.add_argument("--requests", type=int, default=4000, help="requests per pass (default 4000)")
+        parser.add_argument("--destinations", type=int, default=500, help="destinations they go to (default 500)")
+        parser.add_argument("--repeats", type=int, default=3, help="timed passes (default 3)")
+        args = parser.parse_args(argv)
+        from streamer.benchmark.httppost import report, run_httppost
+        result = run_httppost(args.requests, args.destinations, args.repeats)
+        print(report(result))
+        print(f"results: {_save({'machine': _machine(), 'httppost': result}, '-httppost')}")
         return 0
     from streamer.benchmark.pipeline import Options, report, run_pipeline
 

@@ -37,21 +37,25 @@ def run_s3put(objects: int, destinations: int, repeats: int, size: int) -> dict[
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "streamer.benchmark.s3put", str(port)])
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_for_port(port)
         out["keepalive"] = asyncio.run(_main(f"http://127.0.0.1:{port}", objects, destinations, repeats, size,
                                              False))
     finally:
         server.terminate()
         server.wait()
     return out
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _serve(port: int) -> None:
