@@ -6,7 +6,7 @@ client, which with thousands of small destinations is paid about once per 1.7 ev
 (docs/performance.md). The bare POST is the floor for any sink built on aiohttp: the same
 shared session, body and headers, no encoding, no SSRF resolver, no redaction. Measured with
 `time.process_time()` (the server's CPU is its own process's), 50 requests in flight,
-medians of the passes after a warm-up pass.
+medians of the passes (the two alternated) after a warm-up pass.
 """
 
 from __future__ import annotations
@@ -80,15 +80,18 @@ async def _main(base: str, requests: int, destinations: int, repeats: int, concu
 
     out: dict[str, Any] = {"requests": requests, "destinations": destinations, "repeats": repeats,
                            "concurrency": concurrency, "body_bytes": len(message)}
+    kinds = (("aiohttp_post", bare), ("http_sink", through_sink))
+    cpu: dict[str, list[float]] = {name: [] for name, _ in kinds}
     try:
-        for name, send in (("aiohttp_post", bare), ("http_sink", through_sink)):
+        for _name, send in kinds:
             await one_pass(send)  # warm-up: connections, destinations' headers
-            cpu = []
-            for _ in range(repeats):
+        for _ in range(repeats):  # alternated, so a drift of the machine hits both alike
+            for name, send in kinds:
                 c0 = time.process_time()
                 await one_pass(send)
-                cpu.append((time.process_time() - c0) / requests * 1e6)
-            out[name] = {"cpu_us_per_request": statistics.median(cpu), "cpu_us_per_request_runs": cpu}
+                cpu[name].append((time.process_time() - c0) / requests * 1e6)
+        for name, runs in cpu.items():
+            out[name] = {"cpu_us_per_request": statistics.median(runs), "cpu_us_per_request_runs": runs}
     finally:
         await session.close()
         await sink.close()
