@@ -75,6 +75,9 @@ async def test_queued_broken_commands_each_get_one_result_and_the_guard_holds_at
             # The operator's private network (STREAMER_PRIVATE_NETWORKS_ALLOWED below) and only it.
             ("accepted", None, orjson.dumps(put("8", {"type": "http", "url": "https://10.20.1.2/intake"}))),
             ("rejected", "(private)", orjson.dumps(put("8", {"type": "http", "url": "https://10.21.0.1/intake"}))),
+            ("rejected", "secret destination.secret_headers.X-Key is empty or contains a control character",
+             orjson.dumps(put("8", {"type": "http", "url": "https://10.20.1.2/intake",
+                                    "secret_headers": {"X-Key": "k\r\nX-Injected: 1"}}))),
             ("accepted", None, orjson.dumps(for_7)),
         ]
         for _status, _why, raw in queue:

@@ -114,6 +114,12 @@ def test_a_plain_sumo_url_still_loads_from_the_table_but_a_command_must_encrypt_
     (dest(proxy_url="socks5://93.184.215.14:1080"), "proxy url scheme must be http or https"),
     (dest(tls={"client_cert": "x"}), "client_cert and client_key go together"),
     (dest(tls={"ca_bundle": "not a pem"}), "ca_bundle is not one or more PEM certificates"),
+    # Secrets sent as header values: a line break would smuggle a header of the tenant's choosing.
+    (dest(secret_headers={"X-Key": "k\r\nX-Injected: 1"}), "secret destination.secret_headers.X-Key is empty or "
+                                                             "contains a control character"),
+    (dest(secret_headers={"X-Key": ""}), "secret destination.secret_headers.X-Key is empty"),
+    (dest(provider="datadog", api_key="dd\nkey"), "secret destination.api_key is empty or contains a control"),
+    (dest(provider="splunk", token="hec\x00"), "secret destination.token is empty or contains a control"),
 ])
 def test_auth_tls_and_proxy_options_are_checked_when_the_command_is(destination, reason):
     got = check(destination)

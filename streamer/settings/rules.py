@@ -101,6 +101,11 @@ def check_configuration(config: Configuration, policy: Policy, scope: str,
             return str(e), None
         if len(plaintext.encode()) > limits.MAX_HEADER_VALUE_BYTES:
             return limits.too_big(f"secret {field}", len(plaintext.encode()), limits.MAX_HEADER_VALUE_BYTES), None
+        if (isinstance(config.destination, HttpDestination) and _sent_as_header(field)
+                and (not plaintext or _CONTROL.search(plaintext))):
+            # Refused here with the reason, not at send time, where aiohttp's ValueError
+            # would park every delivery of the destination until the retry horizon.
+            return f"secret {field} is empty or contains a control character (it is sent as a header value)", None
     dest = config.destination
     if isinstance(dest, HttpDestination):
         reason = _check_http(dest, policy, lambda env, field: secrets.decrypt(env, policy.encryption_keys, scope, field),
@@ -147,6 +152,12 @@ def check_configuration(config: Configuration, policy: Policy, scope: str,
                 return f"azure_monitor {what} {reason}", None
     _template, warning = try_compile(config.template)
     return None, warning
+
+
+def _sent_as_header(field: str) -> bool:
+    """A REST destination's secret that goes out as a header value (DD-API-KEY, Splunk's
+    Authorization, the tenant's own secret headers); auth's have their own check below."""
+    return field in ("destination.api_key", "destination.token") or field.startswith("destination.secret_headers.")
 
 
 def _check_http(dest: HttpDestination, policy: Policy, decrypt, resolved: dict[str, list[str]] | None) -> str | None:
