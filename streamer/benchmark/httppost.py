@@ -5,7 +5,8 @@ The pipeline's REST figure is the whole worker; this isolates what one request c
 client, which with thousands of small destinations is paid about once per 1.7 events
 (docs/performance.md). The bare POST is the floor for any sink built on aiohttp: the same
 shared session, body and headers, no encoding, no SSRF resolver, no redaction. Measured with
-`time.process_time()` (the server's CPU is its own process's), 50 requests in flight,
+`time.process_time()` (the server's CPU is its own process's), with the worker's garbage
+collector settings (`streamer.gc_tuning`), 50 requests in flight,
 medians of the passes (the two alternated) after a warm-up pass.
 """
 
@@ -52,6 +53,10 @@ async def _main(base: str, requests: int, destinations: int, repeats: int, concu
         return Delivery(f"workspace:{i % destinations}", routed[i % destinations], str(i % destinations), f"e{i}",
                         "job_summary", message)
 
+    from streamer.config import Config
+    from streamer.gc_tuning import tune_gc
+
+    tune_gc(Config.model_fields["gc_gen0_threshold"].default)  # the collector as the worker runs it
     sink = HttpSink({}, allow_private=True, concurrency=4, timeout_s=10, trust_env=False)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                     timeout=aiohttp.ClientTimeout(total=10, connect=5),
