@@ -7,6 +7,7 @@
       RSS and CPU per event. Medians of the runs; JSON in bench-results/<timestamp>.json.
   python -m streamer.benchmark micro      the pure hot path, µs per event
   python -m streamer.benchmark memory     RSS with 100,000 workspaces, effective() at 1k vs 100k
+      (--through-kafka: a settings view recovering them from a real broker: seconds to ready, RSS)
   python -m streamer.benchmark s3put      client CPU per S3 object: aiobotocore put_object vs the sink
   python -m streamer.benchmark httppost   client CPU per REST request: a bare aiohttp POST vs the HTTP sink
 """
@@ -86,7 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     if command == "memory":
         parser.add_argument("--workspaces", type=int, default=100_000)
         parser.add_argument("--small", type=int, default=1_000, help="the small state for the lookup comparison")
+        parser.add_argument("--through-kafka", action="store_true",
+                            help="instead: produce the rows to a real broker and time a worker's settings view "
+                                 "recovering them (RSS and seconds to ready)")
         args = parser.parse_args(argv)
+        if args.through_kafka:
+            from streamer.benchmark.memory import report_recovery, run_recovery
+
+            result = run_recovery(args.workspaces)
+            print(report_recovery(result))
+            print(f"results: {_save({'machine': _machine(), 'recovery': result}, '-recovery')}")
+            return 0
         from streamer.benchmark.memory import report, run_memory
 
         result = run_memory(args.workspaces, args.small)

@@ -97,6 +97,78 @@ def run_memory(workspaces: int = 100_000, small: int = 1_000, lookups: int = 200
     return out
 
 
+def run_recovery(workspaces: int) -> dict[str, Any]:
+    """A worker's settings view recovering `workspaces` workspaces' rows from a real broker:
+    the rows are produced to a settings table topic (as `streamer topics apply` makes it:
+    one partition, compacted) on a broker started for this, then a child process with the
+    worker's imports runs `SettingsView` on it until ready, as a starting worker does."""
+    import asyncio
+    import base64
+    import uuid
+
+    from streamer import topics as T
+    from streamer.benchmark.pipeline import _produce, _topics
+    from streamer.dev.local import Kafka, free_port
+
+    with tempfile.TemporaryDirectory(prefix="streamer-bench-recovery-") as tmp:
+        path = _rows_file(workspaces, Path(tmp))
+        rows = []
+        with path.open() as f:
+            for line in f:
+                k, v = line.split()
+                rows.append((base64.b64decode(k), base64.b64decode(v)))
+        kafka = Kafka(Path(tmp) / "kafka", free_port())
+        kafka.start()
+        try:
+            prefix = f"r{uuid.uuid4().hex[:8]}."
+            started = time.perf_counter()
+            asyncio.run(_topics(kafka.bootstrap, prefix))
+            asyncio.run(_produce(kafka.bootstrap, prefix + T.SETTINGS_TABLE, rows))
+            produce_s = time.perf_counter() - started
+            del rows
+            res = subprocess.run([sys.executable, "-m", "streamer.benchmark.memory", "--recover", kafka.bootstrap,
+                                  prefix + T.SETTINGS_TABLE], capture_output=True, text=True, check=True)
+        finally:
+            kafka.stop()
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out["produce_s"] = produce_s
+    return out
+
+
+def _recover(bootstrap: str, topic: str) -> dict[str, Any]:
+    import asyncio
+
+    # What a worker process has loaded before it reads the settings table.
+    import aiokafka  # noqa: F401
+    import faust  # noqa: F401
+
+    import streamer.sinks.http.service  # noqa: F401
+    import streamer.sinks.s3.service  # noqa: F401
+    from streamer.settings.view import SettingsView
+
+    async def main() -> dict[str, Any]:
+        base = status_kb()
+        view = SettingsView(bootstrap, topic)
+        started = time.perf_counter()
+        await view.start()
+        await view.ready.wait()
+        wall = time.perf_counter() - started
+        gc.collect()
+        after = status_kb()
+        await view.stop()
+        return {"workspaces": len(view.state.workspaces), "rows": view.recovered_rows,
+                "recovery_s": view.recovery_seconds, "ready_s": wall, "rss_before_mb": base["VmRSS"] / 1024,
+                "rss_mb": after["VmRSS"] / 1024, "hwm_mb": after["VmHWM"] / 1024}
+
+    return asyncio.run(main())
+
+
+def report_recovery(r: dict[str, Any]) -> str:
+    return (f"settings view recovered from the broker: {r['workspaces']:,} workspaces ({r['rows']:,} rows, produced "
+            f"in {r['produce_s']:.1f}s) ready in {r['ready_s']:.1f}s (reading and applying: {r['recovery_s']:.1f}s); "
+            f"RSS {r['rss_mb']:.0f} MB (peak {r['hwm_mb']:.0f} MB, {r['rss_before_mb']:.0f} MB before the rows)")
+
+
 def report(r: dict[str, Any]) -> str:
     lines = ["settings view by size (a child process each, with the worker's imports loaded):"]
     for size, m in r.items():
@@ -115,4 +187,7 @@ def report(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    print(json.dumps(_child(sys.argv[1], int(sys.argv[2]))))
+    if sys.argv[1] == "--recover":
+        print(json.dumps(_recover(sys.argv[2], sys.argv[3])))
+    else:
+        print(json.dumps(_child(sys.argv[1], int(sys.argv[2]))))
