@@ -172,6 +172,14 @@ def test_compact_workspace_entries_give_back_the_models_and_the_same_digest():
     # Both ways of keeping a configuration were exercised: without its destination (held by
     # the route) and whole (disabled, no route).
     assert {e._config_tail for e in state.workspaces.values() if e._config is not None} == {True, False}
+    # A route's destination and S3 prefix are what the configuration alone gives.
+    from streamer.settings.state import build_route
+    for ws, entry in state.workspaces.items():
+        if entry.route is not None:
+            alone = build_route(f"workspace:{ws}", "workspace", entry.config)
+            assert (entry.route.destination, entry.route.s3_prefix) == (alone.destination, alone.s3_prefix)
+            assert entry.route.destination == orjson.dumps(entry.config.destination.model_dump(mode="json"))
+    assert any(e.route and e.route.s3_prefix for e in state.workspaces.values())
 
 
 def test_only_commands_that_can_still_be_replayed_are_remembered():

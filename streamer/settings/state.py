@@ -45,15 +45,22 @@ class Route:
         return self.jobs == "details"
 
 
-def build_route(destination_id: str, scope: str, config: Configuration) -> Route | None:
+def build_route(destination_id: str, scope: str, config: Configuration,
+                destination: bytes | None = None) -> Route | None:
+    """`destination`: the destination's JSON when the caller has it already (applying a row
+    dumps the whole configuration once; the destination is its last part)."""
     if not config.enabled:
         return None
     dest = config.destination
     template, _warning = try_compile(config.template)
+    if destination is None:
+        destination = _exact(orjson.dumps(dest.model_dump(mode="json")))
+    # Not getattr(dest, "prefix", ""): on a model without the field that goes through
+    # pydantic's missing-attribute path, a tenth of applying a row.
+    prefix = dest.prefix if "prefix" in type(dest).model_fields else ""
     return Route(destination_id=destination_id, scope=scope, jobs=config.jobs,
                  user_activity=config.user_activity, template=template,
-                 destination_type=dest.type, destination=_exact(orjson.dumps(dest.model_dump(mode="json"))),
-                 s3_prefix=getattr(dest, "prefix", "") or "")
+                 destination_type=dest.type, destination=destination, s3_prefix=prefix or "")
 
 
 class WorkspaceEntry:
@@ -70,12 +77,12 @@ class WorkspaceEntry:
     __slots__ = ("partner_id", "route", "command_id", "_registration", "_config", "_config_tail")
 
     def __init__(self, registration: Registration | None, config: Configuration | None, route: Route | None,
-                 command_id: str | None):
+                 command_id: str | None, config_json: bytes | None = None):
         self.partner_id = sys.intern(registration.partner_id) if registration is not None else None
         self.route = route
         self.command_id = command_id
         self._registration = _json(registration)
-        self._config = _json(config)
+        self._config = config_json if config_json is not None else _json(config)
         self._config_tail = False
         if route is not None and self._config is not None:
             ending = route.destination + b"}"
@@ -184,8 +191,12 @@ class SettingsState:
             return
         reg = Registration.model_validate(row["registration"]) if row.get("registration") else None
         config = Configuration.model_validate(row["config"]) if row.get("config") else None
-        route = build_route(f"workspace:{ws}", "workspace", config) if config else None
-        self.workspaces[ws] = WorkspaceEntry(reg, config, route, row.get("command", {}).get("id"))
+        config_json = route = None
+        if config is not None:
+            dumped = config.model_dump(mode="json")  # once: the entry's JSON and the route's destination
+            config_json = _exact(orjson.dumps(dumped))
+            route = build_route(f"workspace:{ws}", "workspace", config, _exact(orjson.dumps(dumped["destination"])))
+        self.workspaces[ws] = WorkspaceEntry(reg, config, route, row.get("command", {}).get("id"), config_json)
 
     def _apply_partner(self, partner: str, row: dict | None) -> None:
         if row is None or row.get("config") is None:
