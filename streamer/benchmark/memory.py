@@ -25,32 +25,41 @@ from streamer.benchmark.procstat import status_kb
 KEYS = {"bench": b"b" * 32}
 
 
-def _rows_file(workspaces: int, directory: Path) -> Path:
-    import base64
-
+def _rows(workspaces: int) -> list[tuple[bytes, bytes]]:
     from streamer.benchmark.workload import build_settings, datadog_destination
 
     partners = max(1, workspaces // 100)
-    settings = build_settings(datadog_destination("https://http-intake.logs.datadoghq.eu", "dd-api-key-0123456789"),
-                              workspaces=workspaces, partners=partners, partner_wide=max(1, partners // 5),
-                              encryption_keys=KEYS, apply=False)
+    return build_settings(datadog_destination("https://http-intake.logs.datadoghq.eu", "dd-api-key-0123456789"),
+                          workspaces=workspaces, partners=partners, partner_wide=max(1, partners // 5),
+                          encryption_keys=KEYS, apply=False).rows
+
+
+def _rows_file(workspaces: int, directory: Path) -> Path:
+    import base64
+
     path = directory / f"rows-{workspaces}.txt"
     with path.open("w") as f:
-        for k, v in settings.rows:
+        for k, v in _rows(workspaces):
             f.write(f"{base64.b64encode(k).decode()} {base64.b64encode(v).decode()}\n")
     return path
 
 
-def _child(rows_path: str, lookups: int) -> dict[str, Any]:
-    import base64
-
-    # What a worker process has loaded before it reads the settings table.
+def _load_worker_imports() -> None:
+    """What a worker process has loaded before it reads the settings table, so the RSS
+    measured on top of it is the settings' own."""
     import aiokafka  # noqa: F401
     import faust  # noqa: F401
 
     import streamer.sinks.http.service  # noqa: F401
     import streamer.sinks.s3.service  # noqa: F401
+
+
+def _child(rows_path: str, lookups: int) -> dict[str, Any]:
+    import base64
+
     from streamer.settings.state import SettingsState
+
+    _load_worker_imports()
 
     gc.collect()
     base = status_kb()
@@ -103,7 +112,6 @@ def run_recovery(workspaces: int) -> dict[str, Any]:
     one partition, compacted) on a broker started for this, then a child process with the
     worker's imports runs `SettingsView` on it until ready, as a starting worker does."""
     import asyncio
-    import base64
     import uuid
 
     from streamer import topics as T
@@ -111,12 +119,7 @@ def run_recovery(workspaces: int) -> dict[str, Any]:
     from streamer.dev.local import Kafka, free_port
 
     with tempfile.TemporaryDirectory(prefix="streamer-bench-recovery-") as tmp:
-        path = _rows_file(workspaces, Path(tmp))
-        rows = []
-        with path.open() as f:
-            for line in f:
-                k, v = line.split()
-                rows.append((base64.b64decode(k), base64.b64decode(v)))
+        rows = _rows(workspaces)
         kafka = Kafka(Path(tmp) / "kafka", free_port())
         kafka.start()
         try:
@@ -138,13 +141,9 @@ def run_recovery(workspaces: int) -> dict[str, Any]:
 def _recover(bootstrap: str, topic: str) -> dict[str, Any]:
     import asyncio
 
-    # What a worker process has loaded before it reads the settings table.
-    import aiokafka  # noqa: F401
-    import faust  # noqa: F401
-
-    import streamer.sinks.http.service  # noqa: F401
-    import streamer.sinks.s3.service  # noqa: F401
     from streamer.settings.view import SettingsView
+
+    _load_worker_imports()
 
     async def main() -> dict[str, Any]:
         base = status_kb()
