@@ -159,6 +159,12 @@ class SettingsViewService(mode.Service):
         self.view = SettingsView(cfg.bootstrap_servers, cfg.topic(T.SETTINGS_TABLE))
 
     async def on_start(self) -> None:
+        track_gc_time()
+        # Before the table is read: recovering a million workspaces allocates tens of
+        # millions of objects, and young collections every 700 of them, each promoting
+        # what they find into full collections of everything read so far, cost a fifth
+        # of it (docs/performance.md, Settings recovered from the broker).
+        tune_gc(cfg.gc_gen0_threshold)
         await self.view.start()
 
     async def on_stop(self) -> None:
@@ -166,9 +172,8 @@ class SettingsViewService(mode.Service):
 
     @mode.Service.task
     async def _tune_gc_once_recovered(self) -> None:
-        track_gc_time()
         await self.view.ready.wait()
-        tune_gc(cfg.gc_gen0_threshold)
+        tune_gc(cfg.gc_gen0_threshold)  # again: the recovered settings are frozen too
 
 
 view_service = SettingsViewService()

@@ -22,10 +22,11 @@ SLOW_COLLECTION_S = 0.1
 def tune_gc(gen0_threshold: int) -> None:
     """Freeze what startup left alive and make young collections rarer.
 
-    Called once the settings are recovered. Frozen objects are no longer walked by the
-    collector; they are still freed by reference counting when dropped (the settings
-    entries hold no reference cycles, so replacing one later frees it). Young collections
-    then run every `gen0_threshold` allocations instead of Python's 700. 0 changes nothing.
+    Called before the settings are read and again once they are recovered. Frozen objects
+    are no longer walked by the collector; they are still freed by reference counting when
+    dropped (the settings entries hold no reference cycles, so replacing one later frees
+    it). Young collections then run every `gen0_threshold` allocations instead of Python's
+    700. 0 changes nothing.
     """
     if gen0_threshold <= 0:
         return

@@ -256,3 +256,20 @@ def test_freshness_is_judged_against_the_record_time():
 def test_signing_is_unchanged_by_the_binding():
     body = signed("register_workspace", workspace_id="7", partner_id="P", role="customer")
     assert signing.verify(body, {"k1": SIGN}) is None
+
+
+def test_accepted_rows_are_marked_and_apply_as_the_validated_configuration():
+    """The processor marks what it validated (row_format), so workers apply it without a
+    second validation; the entry is the one an unmarked row would give."""
+    from streamer.settings.state import row_format
+
+    cfg = public_config(headers={"X-Team": "audit"})
+    d = decide(registered("7"), orjson.dumps(signed("put_workspace_config", workspace_id="7", config=cfg)), 3,
+               POLICY, NOW, {})
+    assert d.status == "accepted" and d.row_value["format"] == row_format()
+    marked, unmarked = registered(), registered()
+    marked.apply(d.row_key, orjson.dumps(d.row_value), 1)
+    unmarked.apply(d.row_key, orjson.dumps({k: v for k, v in d.row_value.items() if k != "format"}), 1)
+    a, b = marked.workspaces["7"], unmarked.workspaces["7"]
+    assert (a.route, a._config_json(), a._registration) == (b.route, b._config_json(), b._registration)
+    assert a.config.destination.headers == {"X-Team": "audit"}

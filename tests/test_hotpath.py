@@ -182,6 +182,78 @@ def test_compact_workspace_entries_give_back_the_models_and_the_same_digest():
     assert any(e.route and e.route.s3_prefix for e in state.workspaces.values())
 
 
+def test_rows_the_processor_marked_apply_as_validating_them_again_would():
+    """A marked row (row_format) skips validation: it must give the very entry and route the
+    validating path gives, for every kind of destination; an unmarked or foreign-marked row,
+    and a marked row that is not what the mark says, are still validated."""
+    from streamer.admin import encrypt_secrets
+    from streamer.benchmark.workload import build_settings, datadog_destination, s3_destination
+    from streamer.settings.model import Configuration
+    from streamer.settings.state import SettingsState, row_format
+
+    keys = {"k": b"k" * 32}
+    rows = build_settings(datadog_destination("https://intake.example.com", "dd-key"), workspaces=200, partners=4,
+                          partner_wide=1, encryption_keys=keys, apply=False).rows
+    rows += build_settings(s3_destination("https://s3.example.com", "bucket"), workspaces=40, partners=1,
+                           partner_wide=0, encryption_keys=keys, apply=False, seed=3).rows
+    assert all(orjson.loads(v)["format"] == row_format() for _, v in rows)  # written as the processor does
+    destinations = [
+        {"type": "azure_blob", "account_url": "https://acct.blob.core.windows.net", "container": "logs",
+         "prefix": "a/b", "account_key": "a2V5"},
+        {"type": "gcs", "bucket": "audit-logs", "prefix": "p", "service_account_key": '{"type": "service_account"}'},
+        {"type": "azure_monitor", "endpoint": "https://dce.ingest.monitor.azure.com", "rule_id": "dcr-1",
+         "stream": "Custom-Audit", "tenant_id": "t", "client_id": "c", "client_secret": "s"},
+        {"type": "http", "provider": "generic", "url": "https://logs.example.com/in",
+         "auth": {"type": "basic", "username": "u", "password": "p"}, "headers": {"X-A": "1"},
+         "secret_headers": {"X-Token": "t"}},
+        {"type": "http", "provider": "splunk", "url": "https://hec.example.com", "token": "tok", "index": "main"},
+        {"type": "s3", "bucket": "bucket", "prefix": "", "role_arn": "arn:aws:iam::123456789012:role/r"},
+    ]
+    extra = [{"destination": d, "jobs": "details", "template": "{{ event_id }}"} for d in destinations]
+    extra.append({"destination": destinations[0], "enabled": False})
+    for i, c in enumerate(extra):
+        config = Configuration.model_validate(encrypt_secrets(c, keys, f"ws/x{i}")).model_dump(mode="json")
+        rows.append((f"ws/x{i}".encode(), orjson.dumps({
+            "registration": {"workspace_id": f"x{i}", "partner_id": "p", "role": "customer", "external_id": None},
+            "config": config, "command": {"id": f"c{i}", "offset": 0, "issued_at": "2026-01-01T00:00:00+00:00"},
+            "format": row_format()})))
+
+    def applied(mark) -> SettingsState:
+        state = SettingsState()
+        for offset, (k, v) in enumerate(rows):
+            row = orjson.loads(v)
+            if mark is None:
+                row.pop("format")
+            else:
+                row["format"] = mark
+            state.apply(k, orjson.dumps(row), offset)
+        return state
+
+    def seen(state: SettingsState) -> dict:
+        return {ws: (e.partner_id, e._registration, e._config_json(), e.command_id, e.route)
+                for ws, e in state.workspaces.items()}
+
+    marked, unmarked, foreign = applied(row_format()), applied(None), applied("0.elsewhere")
+    assert seen(marked) == seen(unmarked) == seen(foreign)
+    assert marked.digest() == unmarked.digest()
+    assert {e.route.destination_type for e in marked.workspaces.values() if e.route} == {
+        "http", "s3", "azure_blob", "gcs", "azure_monitor"}
+    assert marked.workspaces["x0"].route.s3_prefix == "a/b" and marked.workspaces["x6"].route is None
+
+    # An unmarked row that does not validate is refused (the view logs and skips it:
+    # SettingsView._run); a marked one that is not what the mark says is validated.
+    bad = {"registration": {"workspace_id": "w", "partner_id": "p", "role": "nobody"}, "config": None,
+           "command": {"id": "c", "offset": 0, "issued_at": "2026-01-01T00:00:00+00:00"}}
+    with pytest.raises(ValueError):
+        SettingsState().apply(b"ws/w", orjson.dumps(bad), 0)
+    half = {**bad, "registration": {"workspace_id": "w", "partner_id": "p", "role": "customer"},
+            "config": {"destination": {"type": "s3", "bucket": "bkt"}}, "format": row_format()}
+    state, validated = SettingsState(), SettingsState()
+    state.apply(b"ws/w", orjson.dumps(half), 0)
+    validated.apply(b"ws/w", orjson.dumps({**half, "format": None}), 0)
+    assert seen(state) == seen(validated) and state.workspaces["w"].route.destination_type == "s3"
+
+
 def test_only_commands_that_can_still_be_replayed_are_remembered():
     from datetime import timedelta
 

@@ -146,11 +146,17 @@ def _recover(bootstrap: str, topic: str) -> dict[str, Any]:
     _load_worker_imports()
 
     async def main() -> dict[str, Any]:
+        from streamer.config import Config
+        from streamer.gc_tuning import tune_gc
+
         base = status_kb()
         view = SettingsView(bootstrap, topic)
+        threshold = Config().gc_gen0_threshold
         started = time.perf_counter()
+        tune_gc(threshold)  # as the worker does (streamer/app.py, SettingsViewService)
         await view.start()
         await view.ready.wait()
+        tune_gc(threshold)
         wall = time.perf_counter() - started
         gc.collect()
         after = status_kb()

@@ -142,6 +142,8 @@ def build_settings(destination: Callable[[str], dict], workspaces: int = 5000, p
     template (25%). Secrets are encrypted as the admin CLI does. `destination(name)` gives
     a configuration's destination (plaintext secrets)."""
     from streamer.admin import encrypt_secrets
+    from streamer.settings.model import Configuration
+    from streamer.settings.state import row_format
 
     rng = random.Random(seed)
     keys = encryption_keys or {}
@@ -157,10 +159,15 @@ def build_settings(destination: Callable[[str], dict], workspaces: int = 5000, p
     def command(i: int) -> dict:
         return {"id": f"bench-seed-{i}", "offset": i, "issued_at": "2026-01-01T00:00:00+00:00", "actor": "bench"}
 
+    def as_written(c: dict | None) -> dict | None:
+        # As the settings processor writes a configuration: validated, dumped, marked (row_format).
+        return None if c is None else Configuration.model_validate(c).model_dump(mode="json")
+
     rows: list[tuple[bytes, bytes]] = []
     for p in range(min(partner_wide, partners)):
         rows.append((f"partner/bp{p}".encode(),
-                     orjson.dumps({"config": config(f"partner-bp{p}", f"partner/bp{p}"), "command": command(len(rows))})))
+                     orjson.dumps({"config": as_written(config(f"partner-bp{p}", f"partner/bp{p}")),
+                                   "command": command(len(rows)), "format": row_format()})))
     for i in range(workspaces):
         ws = str(1_000_000 + i)
         p = min(i // per_partner, partners - 1)
@@ -168,8 +175,8 @@ def build_settings(destination: Callable[[str], dict], workspaces: int = 5000, p
         rows.append((f"ws/{ws}".encode(), orjson.dumps({
             "registration": {"workspace_id": ws, "partner_id": f"bp{p}",
                              "role": "admin" if i % per_partner == 0 else "customer", "external_id": f"ext-{ws}"},
-            "config": config(f"ws-{ws}", f"ws/{ws}") if own else None,
-            "command": command(len(rows))})))
+            "config": as_written(config(f"ws-{ws}", f"ws/{ws}")) if own else None,
+            "command": command(len(rows)), "format": row_format()})))
     state = SettingsState()
     settings = Settings(rows, state)
     if not apply:

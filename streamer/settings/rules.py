@@ -23,7 +23,7 @@ from streamer.settings.model import (ApiKeyAuth, AzureBlobDestination, AzureMoni
                                      HttpDestination, OAuth2ClientCredentials, PutPartnerConfig, PutWorkspaceConfig,
                                      RegisterWorkspace, ReplayDeadLetters, Registration, S3Destination, TestDestination,
                                      UnregisterWorkspace)
-from streamer.settings.state import SettingsState
+from streamer.settings.state import SettingsState, row_format
 from streamer.settings.urls import check_url
 from streamer.templates import try_compile
 from streamer.sinks.azure_blob import request as azure_blob_request
@@ -276,6 +276,8 @@ def decide(state: SettingsState, raw: bytes, offset: int, policy: Policy, now: d
     if decision.row_value is not None:
         decision.row_value["command"] = {"id": cmd.command_id, "offset": offset,
                                          "issued_at": cmd.issued_at.isoformat(), "actor": cmd.actor}
+        # Every row's registration and configuration are dumps of models validated here.
+        decision.row_value["format"] = row_format()
     return decision
 
 
