@@ -13,6 +13,7 @@ lets an exception escape, because Faust would ack the event it was processing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -281,6 +282,9 @@ engine_cfg = EngineConfig(
     inline_retries=cfg.inline_retries, retry_base_s=cfg.retry_base_s, retry_max_backoff_s=cfg.retry_max_backoff_s,
     retry_horizon_s=cfg.retry_horizon_s, deadline_s=cfg.delivery_deadline_s, breaker_failures=cfg.breaker_failures,
     breaker_reset_s=cfg.breaker_reset_s, destination_concurrency=cfg.destination_concurrency)
+# Sinks that put many records in one request linger for more; the object stores write one
+# object per record, so waiting would gain them nothing.
+batching_cfg = dataclasses.replace(engine_cfg, linger_s=cfg.destination_linger_s)
 
 
 # Per-destination status (streamer/status.py): the engines report to it, a timer publishes
@@ -294,7 +298,7 @@ engines = {
                          produce_all, engine_cfg, produce_durably),
     "http": DeliveryEngine("http", HttpSink(cfg.encryption_keys, cfg.allow_private_destinations,
                                             cfg.destination_concurrency, cfg.http_timeout_s),
-                           produce_all, engine_cfg, produce_durably),
+                           produce_all, batching_cfg, produce_durably),
     "azure_blob": DeliveryEngine("azure_blob", AzureBlobSink(cfg.encryption_keys, cfg.allow_private_destinations,
                                                              cfg.destination_concurrency, cfg.http_timeout_s),
                                  produce_all, engine_cfg, produce_durably),
@@ -303,7 +307,7 @@ engines = {
                           produce_all, engine_cfg, produce_durably),
     "azure_monitor": DeliveryEngine("azure_monitor", AzureMonitorSink(cfg.encryption_keys, cfg.allow_private_destinations,
                                                                       cfg.destination_concurrency, cfg.http_timeout_s),
-                                    produce_all, engine_cfg, produce_durably),
+                                    produce_all, batching_cfg, produce_durably),
 }
 for _engine in engines.values():
     _engine.observer = status_book
@@ -346,8 +350,14 @@ async def deliver(destination_type: str, events) -> None:
             await _dead_letter_unreadable(e, f"unknown destination type {destination_type!r}")
         return
 
+    first = True
+
     async def handle(deliveries) -> None:
-        await engine.process([d for d in deliveries if not d.settled])
+        # Only the first try joins other batches' groups: a batch tried again after a
+        # failure, and each record isolated from it, goes alone (streamer/isolation.py).
+        nonlocal first
+        linger, first = first, False
+        await engine.process([d for d in deliveries if not d.settled], linger=linger)
 
     async def poison(d: Delivery, reason: str) -> None:
         if not d.settled:

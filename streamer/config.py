@@ -68,6 +68,10 @@ class Config(BaseSettings):
         "per request; at most the delivery deadline, which would cut a longer request off anyway"))
     delivery_deadline_s: float = Field(5.0, gt=0, description="a destination group not done by then is parked")
     destination_concurrency: int = Field(4, ge=1, description="concurrent requests per REST destination")
+    destination_linger_s: float = Field(0.0, ge=0, description=(
+        "a REST destination's records wait up to this long for more of its records from the agent's other "
+        "batches in flight, for fewer, fuller requests (Vector's `batch.timeout_secs`); off by default: "
+        "it costs latency and throughput here (docs/performance.md, Per-destination linger)"))
     breaker_failures: int = Field(5, ge=1, description="failures in a row that open a destination's breaker")
     breaker_reset_s: float = Field(10.0, gt=0, description="how long a breaker stays open before a trial")
     batch_max: int = Field(500, ge=1, description="events per batch")
@@ -86,8 +90,8 @@ class Config(BaseSettings):
         "parked deliveries held in memory until due; past it the retry agent reads on only as they come due"))
     liveness_stall_s: float = Field(300.0, gt=0, description="`/health` answers 503 once a batch has been in flight this long")
     gc_gen0_threshold: int = Field(50_000, ge=0, description=(
-        "once settings are recovered the heap is frozen and young collections run this rarely "
-        "(`0`: Python's defaults); see docs/performance.md"))
+        "young collections run this rarely from startup, and the heap is frozen before and after the settings "
+        "are recovered (`0`: Python's defaults); see docs/performance.md"))
     s3_endpoint_url: str | None = Field(None, description="default S3 endpoint (MinIO, moto)")
     s3_destination_concurrency: int = Field(32, ge=1, description=(
         "most concurrent PUTs per S3 destination; each destination's cap adapts below it "

@@ -186,3 +186,60 @@ async def test_idle_destinations_forget_their_limit_and_closed_breaker_but_not_a
     await e.process([delivery("busy", "b1")])
     assert "idle" not in e.breakers and "idle" not in e.limits
     assert e.breakers["down"].is_open  # an open breaker is kept: it still protects the others
+
+
+# -- per-destination linger -------------------------------------------------------------------
+
+async def test_a_destination_s_records_from_two_batches_in_flight_go_in_one_request():
+    sink = ScriptedSink({"trickle": [], "other": []})
+    e = engine(sink, [], linger_s=0.3)
+    first = [delivery("trickle", "t1"), delivery("other", "o1")]
+    second = [delivery("trickle", "t2"), delivery("trickle", "t3")]
+    one = asyncio.create_task(e.process(first))
+    await asyncio.sleep(0.05)
+    await asyncio.gather(one, e.process(second))
+    assert sink.calls.count("trickle") == 1 and sorted(eid for _, eid in sink.sent if eid[0] == "t") == ["t1", "t2", "t3"]
+    assert all(d.settled for d in first + second) and not e._lingering
+
+
+async def test_a_full_group_goes_without_waiting_for_the_linger():
+    sink = ScriptedSink({"busy": []})
+    e = engine(sink, [], linger_s=3600, linger_max_items=3)
+    await asyncio.wait_for(e.process([delivery("busy", f"b{i}") for i in range(3)]), 10)
+    e2 = engine(ScriptedSink({"big": []}), [], linger_s=3600, linger_max_bytes=1000)
+    big = delivery("big", "b")
+    big.message = b"x" * 1000
+    await asyncio.wait_for(e2.process([big]), 10)
+    assert big.settled
+
+
+async def test_a_batch_tried_again_goes_alone_and_at_once():
+    """`linger=False` (a retried batch, an isolated record): sent at once, never joined
+    with another caller's lingering records, so a poison record is found on its own."""
+    sink = ScriptedSink({"d": []})
+    e = engine(sink, [], linger_s=3600)
+    waiting = asyncio.create_task(e.process([delivery("d", "lingering")]))
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(e.process([delivery("d", "alone")], linger=False), 10)
+    assert sink.sent == [(None, "alone")] and not waiting.done()
+    waiting.cancel()
+
+
+async def test_a_caller_cancelled_while_lingering_does_not_cancel_the_others_records():
+    sink = ScriptedSink({"d": []})
+    e = engine(sink, [], linger_s=0.2)
+    gone = asyncio.create_task(e.process([delivery("d", "gone")]))
+    await asyncio.sleep(0.05)
+    stays = asyncio.create_task(e.process([delivery("d", "stays")]))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    await stays
+    assert sorted(eid for _, eid in sink.sent) == ["gone", "stays"]  # at least once: "gone" is read again
+
+
+async def test_the_deadline_runs_from_when_a_lingering_group_goes():
+    sink = ScriptedSink({"hang": ["hang"]})
+    produced = []
+    e = engine(sink, produced, linger_s=0.2, deadline_s=0.3)
+    await asyncio.gather(e.process([delivery("hang", "h1")]), e.process([delivery("hang", "h2")]))
+    assert sink.calls == ["hang"] and sorted(h["eid"] for t, _, h in produced if t == "retry") == [b"h1", b"h2"]

@@ -10,6 +10,12 @@ the commit always follows the hand-off.
 A group that is not done within the delivery deadline is cancelled and parked, so one
 hanging destination costs the others at most the deadline, once: after enough failures
 its breaker opens and its deliveries go straight to the retry topic.
+
+Per-destination linger (`EngineConfig.linger_s`, Vector's `batch.timeout_secs`): a small
+group waits up to the linger for the same destination's records from the agent's other
+batch in flight, and goes as one group, so a destination that receives a trickle gets
+fuller requests. Each caller still returns only once its own records are handed on, so a
+partition's commit waits at most the linger longer (plus the send).
 """
 
 from __future__ import annotations
@@ -76,6 +82,24 @@ class EngineConfig:
     breaker_reset_s: float = 10.0
     destination_concurrency: int = 4
     idle_evict_s: float = 600.0  # a destination unused this long forgets its limit and closed breaker
+    # A group smaller than this waits up to linger_s for more of its destination's records
+    # (0: every group goes at once). Only for sinks that put many records in one request.
+    linger_s: float = 0.0
+    linger_max_items: int = 500
+    linger_max_bytes: int = 1024 * 1024
+
+
+class _Lingering:
+    """One destination's records waiting to go as one group, and when they are done."""
+
+    __slots__ = ("dest_id", "items", "size", "done", "timer")
+
+    def __init__(self, dest_id: str) -> None:
+        self.dest_id = dest_id
+        self.items: list[Delivery] = []
+        self.size = 0
+        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.timer: asyncio.TimerHandle | None = None
 
 
 def backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
@@ -97,6 +121,8 @@ class DeliveryEngine:
     limits: dict[str, asyncio.Semaphore] = field(default_factory=dict)
     last_used: dict[str, float] = field(default_factory=dict)
     _next_sweep: float = 0.0
+    _lingering: dict[tuple[str, bytes], _Lingering] = field(default_factory=dict)
+    _groups: set[asyncio.Task] = field(default_factory=set)
     # Per-destination bookkeeping for the status topic (streamer/status.py); no I/O.
     observer: DeliveryObserver = field(default_factory=NullObserver)
 
@@ -112,16 +138,77 @@ class DeliveryEngine:
         self._dead = metrics.deliveries.labels(t, "dead_lettered")
         self._latency = metrics.latency.labels(t)
 
-    async def process(self, deliveries: list[Delivery]) -> None:
+    async def process(self, deliveries: list[Delivery], linger: bool = True) -> None:
+        """Deliver, park or dead-letter every record; returns once all are handed on.
+
+        `linger=False` sends at once without joining other callers' groups: for a batch
+        tried again after a failure, so a record is isolated with nothing else's records."""
         # Grouped by id *and* the destination as routed: the id names a scope
         # ("workspace:7"), so a batch that straddles a settings change holds records for
         # the old and the new destination under one id, and each must go where it was routed.
         groups: dict[tuple[str, bytes], list[Delivery]] = defaultdict(list)
         for d in deliveries:
             groups[d.destination_id, d.destination].append(d)
-        tasks = {asyncio.create_task(self._group(dest_id, items)): (dest_id, items)
-                 for (dest_id, _destination), items in groups.items()}
-        done, slow = await asyncio.wait(tasks, timeout=self.cfg.deadline_s)
+        if linger and self.cfg.linger_s > 0:
+            waits = {self._join(key, items) for key, items in groups.items()}
+            # asyncio.wait, not gather: a caller cancelled at shutdown must not cancel a
+            # group that holds another caller's records too (its own are read again anyway).
+            await asyncio.wait(waits)
+            for w in waits:
+                w.result()  # a bug here must surface, not vanish
+        else:
+            await self._deliver([(dest_id, items) for (dest_id, _destination), items in groups.items()])
+        self._export_breakers()
+        for dest_id, _destination in groups:
+            b = self.breakers[dest_id]
+            self.observer.breaker(dest_id, "open" if b.is_open else "half_open" if b.half_open else "closed")
+        self._sweep_idle()
+
+    def _join(self, key: tuple[str, bytes], items: list[Delivery]) -> asyncio.Future:
+        """Add records to their destination's lingering group (opening one if there is
+        none); the group goes when the linger ends or it is big enough."""
+        group = self._lingering.get(key)
+        if group is None:
+            group = self._lingering[key] = _Lingering(key[0])
+            group.timer = asyncio.get_running_loop().call_later(self.cfg.linger_s, self._release, key)
+        group.items.extend(items)
+        group.size += sum(len(d.message) for d in items)
+        if len(group.items) >= self.cfg.linger_max_items or group.size >= self.cfg.linger_max_bytes:
+            self._release(key)
+        return group.done
+
+    def _release(self, key: tuple[str, bytes]) -> None:
+        group = self._lingering.pop(key, None)
+        if group is None:
+            return
+        group.timer.cancel()
+        task = self._start(group.dest_id, group.items)
+
+        def settle(t: asyncio.Task) -> None:
+            if t.cancelled():
+                group.done.cancel()
+            elif t.exception() is not None:
+                group.done.set_exception(t.exception())
+            else:
+                group.done.set_result(None)
+        task.add_done_callback(settle)
+
+    def _start(self, dest_id: str, items: list[Delivery]) -> asyncio.Task:
+        task = asyncio.create_task(self._deliver([(dest_id, items)]))
+        self._groups.add(task)  # a strong reference: the event loop keeps only weak ones
+        task.add_done_callback(self._groups.discard)
+        return task
+
+    async def _deliver(self, groups: list[tuple[str, list[Delivery]]]) -> None:
+        """Each destination's group at once, within the delivery deadline; a group past it
+        is cancelled and parked, so a hanging destination costs the others nothing."""
+        tasks = {asyncio.create_task(self._group(dest_id, items)): (dest_id, items) for dest_id, items in groups}
+        try:
+            done, slow = await asyncio.wait(tasks, timeout=self.cfg.deadline_s)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            raise
         for task in slow:
             task.cancel()
         for task in slow:
@@ -134,11 +221,6 @@ class DeliveryEngine:
             await self._past_deadline(dest_id, items)
         for task in done:
             task.result()  # a bug here must surface, not vanish
-        self._export_breakers()
-        for dest_id, _destination in groups:
-            b = self.breakers[dest_id]
-            self.observer.breaker(dest_id, "open" if b.is_open else "half_open" if b.half_open else "closed")
-        self._sweep_idle()
 
     async def _past_deadline(self, dest_id: str, items: list[Delivery]) -> None:
         """A group cut off at the deadline: what the destination already accepted is
