@@ -78,18 +78,14 @@ class WorkspaceEntry:
     __slots__ = ("partner_id", "route", "command_id", "_registration", "_config", "_config_tail")
 
     def __init__(self, partner_id: str | None, registration_json: bytes | None, config_json: bytes | None,
-                 route: Route | None, command_id: str | None, config_head: bytes | None = None):
-        """`config_head`: the configuration's JSON up to its destination, when the caller
-        has cut it already (`config_json` is then not needed)."""
+                 route: Route | None, command_id: str | None):
         self.partner_id = sys.intern(partner_id) if partner_id is not None else None
         self.route = route
         self.command_id = command_id
         self._registration = registration_json
         self._config = config_json
         self._config_tail = False
-        if config_head is not None and route is not None:
-            self._config, self._config_tail = config_head, True
-        elif route is not None and self._config is not None:
+        if route is not None and self._config is not None:
             ending = route.destination + b"}"
             if self._config.endswith(ending):
                 self._config = self._config[:-len(ending)]
@@ -142,8 +138,8 @@ def row_format() -> str:
     """The mark the settings processor writes on a table row whose registration and
     configuration are the JSON dump of models this code validated.
 
-    Applying such a row needs no second validation, which is most of the cost of recovering
-    a large table (a million workspaces: ~30 of 42 s). A row without the mark, or with
+    Applying such a row needs no second validation, which was most of the cost of
+    recovering a large table (docs/performance.md, Fifth round). A row without the mark, or with
     another one (written by another version, restored from elsewhere, produced by hand),
     is validated as before. The mark is not a signature: only the processor may write the
     table topic (docs/security.md), and a writer that could forge it could as well write
@@ -157,28 +153,20 @@ def _entry_as_written(ws: str, registration: dict | None, config: dict | None,
                       command_id: str | None) -> WorkspaceEntry:
     """The entry of a marked row, built from its dumps as they are: the same bytes and the
     same route that validating and dumping them again would give (tests/test_hotpath.py)."""
-    reg_json = _exact(orjson.dumps(registration)) if registration is not None else None
-    partner_id = registration["partner_id"] if registration is not None else None
-    if config is None:
-        return WorkspaceEntry(partner_id, reg_json, None, None, command_id)
-    whole = orjson.dumps(config)
-    if not config["enabled"]:
-        return WorkspaceEntry(partner_id, reg_json, _exact(whole), None, command_id)
-    # The destination is the configuration's last field (as the model dumps it), and
-    # `"destination":` with unescaped quotes can only be a key: the first one is the
-    # configuration's own. Two slices (each exactly its size) instead of dumping the
-    # destination again: dumping and trimming is most of what is left of applying a row.
-    if next(reversed(config)) != "destination":
-        raise KeyError("destination is not the last field")
-    cut = whole.find(b'"destination":') + len(b'"destination":')
-    dest = config["destination"]
-    template, _warning = try_compile(config["template"])
-    # Interned: JSON gives every row its own copy of these few words (40 MB a million).
-    route = Route(destination_id=f"workspace:{ws}", scope="workspace", jobs=sys.intern(config["jobs"]),
-                  user_activity=config["user_activity"], template=template,
-                  destination_type=sys.intern(dest["type"]), destination=whole[cut:-1],
-                  s3_prefix=dest.get("prefix") or "")
-    return WorkspaceEntry(partner_id, reg_json, None, route, command_id, config_head=whole[:cut])
+    route = config_json = None
+    if config is not None:
+        config_json = _exact(orjson.dumps(config))
+        if config["enabled"]:
+            dest = config["destination"]
+            template, _warning = try_compile(config["template"])
+            # Interned: JSON gives every row its own copy of these few words (40 MB a million).
+            route = Route(destination_id=f"workspace:{ws}", scope="workspace", jobs=sys.intern(config["jobs"]),
+                          user_activity=config["user_activity"], template=template,
+                          destination_type=sys.intern(dest["type"]), destination=_exact(orjson.dumps(dest)),
+                          s3_prefix=dest.get("prefix") or "")
+    return WorkspaceEntry(registration["partner_id"] if registration is not None else None,
+                          _exact(orjson.dumps(registration)) if registration is not None else None,
+                          config_json, route, command_id)
 
 
 @dataclass(slots=True)
