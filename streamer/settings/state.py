@@ -1,12 +1,12 @@
 """The settings table as every worker holds it in memory, and effective-configuration lookup.
 
 Rows of the compacted table topic (key -> JSON value):
-  ws/<workspace id>      {"registration": {...}|null, "config": {...}|null, "command": {...}}
-  partner/<partner id>   {"config": {...}|null, "command": {...}}
+  ws/<workspace id>      {"registration": {...}|null, "config": {...}|null, "command": {...}, "format": ...}
+  partner/<partner id>   {"config": {...}|null, "command": {...}, "format": ...}
   cmd/<command id>       {"offset", "issued_at", "result"}   (replay protection; tombstoned when expired)
 
 Each row is the whole state of its key, written by one command, so a command is one atomic
-write. A configuration is turned into a `Route` once, when its row is applied, so the hot
+write. `format` is the processor's mark that the row holds models it validated (`row_format`). A configuration is turned into a `Route` once, when its row is applied, so the hot
 path is two dict lookups and no parsing.
 """
 
