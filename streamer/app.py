@@ -163,8 +163,8 @@ class SettingsViewService(mode.Service):
         track_gc_time()
         # Before the table is read: recovering a million workspaces allocates tens of
         # millions of objects, and young collections every 700 of them, each promoting
-        # what they find into full collections of everything read so far, cost a fifth
-        # of it (docs/performance.md, Settings recovered from the broker).
+        # what they find into full collections of everything read so far, cost about 5
+        # of its 30 s (docs/performance.md, Fifth round).
         tune_gc(cfg.gc_gen0_threshold)
         await self.view.start()
 
