@@ -16,6 +16,9 @@ events_rejected = Counter("streamer_events_rejected_total", "Raw records sent to
                           ["kind"], registry=REGISTRY)
 deliveries = Counter("streamer_deliveries_total", "Deliveries by final outcome of a pass: delivered, parked "
                      "(retry topic) or dead_lettered", ["destination_type", "outcome"], registry=REGISTRY)
+retries_superseded = Counter("streamer_retries_superseded_total", "Parked deliveries read again after a restart "
+                             "whose retry chain had already moved on (a later attempt was read): acked, not sent",
+                             registry=REGISTRY)
 attempts = Counter("streamer_delivery_attempts_total", "Delivery attempts by result (ok, retryable, fatal)",
                    ["destination_type", "result"], registry=REGISTRY)
 breakers_open = Gauge("streamer_breakers_open", "Destinations whose circuit breaker is open",
