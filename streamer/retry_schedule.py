@@ -119,8 +119,8 @@ class Chains:
         if last is None or offset <= last:  # new here, or read again: hold until caught up
             self._holding.setdefault(tp, now)
         self._last_offset[tp] = offset
-        if highwater is not None and offset + 1 >= highwater:
-            self._holding.pop(tp, None)
+        if highwater is not None and offset + 1 >= highwater and self._holding.pop(tp, None) is not None:
+            log.info("retry partition %s read to its end after being read again", tp)
         chain = chain_of(event)
         if chain is not None:
             key, attempts = chain
@@ -133,6 +133,8 @@ class Chains:
             return False
         if now - since >= self.catch_up_max_s:
             del self._holding[event.message.tp]
+            log.info("retry partition %s not read to its end within %gs of being read again; its due records go",
+                     event.message.tp, self.catch_up_max_s)
             return False
         return True
 
