@@ -53,15 +53,23 @@ def build_route(destination_id: str, scope: str, config: Configuration,
     if not config.enabled:
         return None
     dest = config.destination
-    template, _warning = try_compile(config.template)
     if destination is None:
         destination = _exact(orjson.dumps(dest.model_dump(mode="json")))
     # Not getattr(dest, "prefix", ""): on a model without the field that goes through
     # pydantic's missing-attribute path, a tenth of applying a row.
     prefix = dest.prefix if "prefix" in type(dest).model_fields else ""
-    return Route(destination_id=destination_id, scope=scope, jobs=config.jobs,
-                 user_activity=config.user_activity, template=template,
-                 destination_type=dest.type, destination=destination, s3_prefix=prefix or "")
+    return _route(destination_id, scope, config.jobs, config.user_activity, config.template, dest.type,
+                  destination, prefix)
+
+
+def _route(destination_id: str, scope: str, jobs: str, user_activity: bool, template: str | None,
+           destination_type: str, destination: bytes, prefix: str | None) -> Route:
+    """A route, from a validated configuration or a marked row's dump alike. Interned: JSON
+    gives every row its own copy of these few words (40 MB a million workspaces)."""
+    compiled, _warning = try_compile(template)
+    return Route(destination_id=destination_id, scope=scope, jobs=sys.intern(jobs), user_activity=user_activity,
+                 template=compiled, destination_type=sys.intern(destination_type), destination=destination,
+                 s3_prefix=prefix or "")
 
 
 class WorkspaceEntry:
@@ -158,12 +166,8 @@ def _entry_as_written(ws: str, registration: dict | None, config: dict | None,
         config_json = _exact(orjson.dumps(config))
         if config["enabled"]:
             dest = config["destination"]
-            template, _warning = try_compile(config["template"])
-            # Interned: JSON gives every row its own copy of these few words (40 MB a million).
-            route = Route(destination_id=f"workspace:{ws}", scope="workspace", jobs=sys.intern(config["jobs"]),
-                          user_activity=config["user_activity"], template=template,
-                          destination_type=sys.intern(dest["type"]), destination=_exact(orjson.dumps(dest)),
-                          s3_prefix=dest.get("prefix") or "")
+            route = _route(f"workspace:{ws}", "workspace", config["jobs"], config["user_activity"],
+                           config["template"], dest["type"], _exact(orjson.dumps(dest)), dest.get("prefix"))
     return WorkspaceEntry(registration["partner_id"] if registration is not None else None,
                           _exact(orjson.dumps(registration)) if registration is not None else None,
                           config_json, route, command_id)
