@@ -533,6 +533,7 @@ async def settings_status(web, request):
 @app.page("/metrics")
 async def prometheus(web, request):
     state = view.state
+    metrics.worker.info({"event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0]})
     metrics.settings_version.set(state.version)
     metrics.settings_workspaces.set(len(state.workspaces))
     metrics.settings_partners.set(len(state.partners))
@@ -554,6 +555,13 @@ def run_worker(loglevel: str | None = None) -> None:
     import threading
 
     from faust.worker import Worker
+
+    if cfg.event_loop == "uvloop":
+        # Before the first loop exists: Faust's and its consumer thread's loops both come
+        # from the policy this installs.
+        import mode.loop
+
+        mode.loop.use("uvloop")
 
     class GracefulWorker(Worker):
         """On SIGTERM Faust stops fetching, stops the agents and commits what was acked; a

@@ -3,7 +3,7 @@ partitions; never workspace, destination or event ids, and never anything secret
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -47,3 +47,6 @@ group_assignments = Counter("streamer_group_assignments_total", "Partition assig
                             "consumer group rebalance it took part in", registry=REGISTRY)
 group_generation = Gauge("streamer_group_generation", "Consumer group generation of the last assignment",
                          registry=REGISTRY)
+# What the worker runs on, read from the running loop rather than the configuration, so a
+# platform that silently fell back to asyncio's loop shows it.
+worker = Info("streamer_worker", "The worker's event loop implementation", registry=REGISTRY)

@@ -79,6 +79,7 @@ async def test_metrics_move_with_traffic_and_carry_no_ids(env, worker_factory, k
     assert total(after, "streamer_settings_workspaces") == 1 and total(after, "streamer_settings_ready") == 1
     assert total(after, "streamer_settings_version") >= 1
     assert any(k.startswith("streamer_consumer_lag{") for k in after)
+    assert total(after, "streamer_worker_info", event_loop="uvloop") == 1  # the default, as it runs
     text = w.get("/metrics")[1].decode()
     for forbidden in ("61001", "workspace:", "dd-key-456", "metrics\""):
         assert forbidden not in text, forbidden

@@ -35,6 +35,8 @@ def _machine() -> dict:
     import os
     import platform
 
+    from streamer.benchmark.loop import worker_loop
+
     model = ""
     try:
         model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -46,7 +48,9 @@ def _machine() -> dict:
     except OSError:
         load = None
     return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "platform": platform.platform(), "loadavg_at_start": load, "commit": _commit()}
+            "platform": platform.platform(), "loadavg_at_start": load, "commit": _commit(),
+            # the pipeline's --worker-env may choose another; its options are saved with it
+            "event_loop": worker_loop()}
 
 
 def _commit() -> str | None:

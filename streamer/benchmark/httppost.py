@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from streamer.benchmark import loop
 from streamer.benchmark.s3put import wait_for_port
 
 
@@ -32,7 +33,7 @@ def run_httppost(requests: int, destinations: int, repeats: int, concurrency: in
     server = subprocess.Popen([sys.executable, "-m", "streamer.benchmark.s3put", str(port)])
     try:
         wait_for_port(port)
-        return asyncio.run(_main(f"http://127.0.0.1:{port}", requests, destinations, repeats, concurrency))
+        return loop.run(_main(f"http://127.0.0.1:{port}", requests, destinations, repeats, concurrency))
     finally:
         server.terminate()
         server.wait()

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streamer.benchmark import loop
 from streamer.benchmark.procstat import status_kb
 
 KEYS = {"bench": b"b" * 32}
@@ -165,7 +166,7 @@ def _recover(bootstrap: str, topic: str) -> dict[str, Any]:
                 "recovery_s": view.recovery_seconds, "ready_s": wall, "rss_before_mb": base["VmRSS"] / 1024,
                 "rss_mb": after["VmRSS"] / 1024, "hwm_mb": after["VmHWM"] / 1024}
 
-    return asyncio.run(main())
+    return loop.run(main())
 
 
 def report_recovery(r: dict[str, Any]) -> str:

@@ -39,7 +39,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streamer import topics as T
-from streamer.benchmark import workload
+from streamer.benchmark import loop, workload
 from streamer.benchmark.procstat import cpu_seconds, status_kb
 from streamer.kafka_client import client_kwargs
 from streamer.benchmark.receiver import Receiver
@@ -108,7 +108,7 @@ def run_pipeline(opts: Options) -> dict[str, Any]:
         _BROKER_PID = kafka.pid()
         try:
             s3.start()
-            return asyncio.run(_main(opts, kafka.bootstrap, s3.endpoint, root))
+            return loop.run(_main(opts, kafka.bootstrap, s3.endpoint, root), opts.worker_env)
         finally:
             s3.stop()
             kafka.stop()

@@ -21,6 +21,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from streamer.benchmark import loop
+
 
 def run_s3put(objects: int, destinations: int, repeats: int, size: int) -> dict[str, Any]:
     """Into moto, then into a trivial keep-alive server (see `_serve`)."""
@@ -31,14 +33,14 @@ def run_s3put(objects: int, destinations: int, repeats: int, size: int) -> dict[
         moto = MotoS3(Path(tmp) / "s3", free_port())
         moto.start()
         try:
-            out["moto"] = asyncio.run(_main(moto.endpoint, objects, destinations, repeats, size, True))
+            out["moto"] = loop.run(_main(moto.endpoint, objects, destinations, repeats, size, True))
         finally:
             moto.stop()
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "streamer.benchmark.s3put", str(port)])
     try:
         wait_for_port(port)
-        out["keepalive"] = asyncio.run(_main(f"http://127.0.0.1:{port}", objects, destinations, repeats, size,
+        out["keepalive"] = loop.run(_main(f"http://127.0.0.1:{port}", objects, destinations, repeats, size,
                                              False))
     finally:
         server.terminate()
