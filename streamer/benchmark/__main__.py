@@ -36,6 +36,7 @@ def _machine() -> dict:
     import platform
 
     from streamer.benchmark.loop import worker_loop
+    from streamer.benchmark.speed import reference_us
 
     model = ""
     try:
@@ -47,10 +48,16 @@ def _machine() -> dict:
         load = os.getloadavg()
     except OSError:
         load = None
-    return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "platform": platform.platform(), "loadavg_at_start": load, "commit": _commit(),
-            # the pipeline's --worker-env may choose another; its options are saved with it
-            "event_loop": worker_loop()}
+    machine = {
+        "cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
+        "platform": platform.platform(), "loadavg_at_start": load, "commit": _commit(),
+        # the pipeline's --worker-env may choose another; its options are saved with it
+        "event_loop": worker_loop(),
+        # This machine's speed at the start and end of the command (µs, lower is faster):
+        # figures taken at references far apart are not comparable (streamer/benchmark/speed.py).
+        "speed_reference_us": {"start": _SPEED_AT_START, "end": (end := reference_us())}}
+    print(f"machine speed reference at the end: {end:.2f} µs", flush=True)
+    return machine
 
 
 def _commit() -> str | None:
@@ -67,12 +74,22 @@ def _commit() -> str | None:
     return head + ("+changes" if dirty else "")
 
 
+_SPEED_AT_START: float | None = None
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _SPEED_AT_START
     root = str(Path(__file__).resolve().parent.parent)
     if root not in sys.path:  # the pipeline benchmark reuses tests/support.py (worker process, env)
         sys.path.insert(0, root)
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "pipeline"
+    if not {"-h", "--help"} & set(argv):
+        from streamer.benchmark.speed import reference_us
+
+        _SPEED_AT_START = reference_us()
+        print(f"machine speed reference: {_SPEED_AT_START:.2f} µs (a fixed workload; lower is faster; "
+              f"streamer/benchmark/speed.py)", flush=True)
     parser = argparse.ArgumentParser(prog=f"python -m streamer.benchmark {command}", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     if command == "micro":
