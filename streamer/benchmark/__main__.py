@@ -3,8 +3,9 @@
   python -m streamer.benchmark [pipeline] [--runs 3] [--events N] [--quick]
       a real Kafka broker and moto S3 on free ports; a raw aiokafka passthrough as the
       baseline, then real `streamer worker` subprocesses: REST (Datadog-style batches)
-      throughput, p50/p99 end-to-end latency at a fixed offered rate, S3 throughput, peak
-      RSS and CPU per event. Medians of the runs; JSON in bench-results/<timestamp>.json.
+      throughput, p50/p99 end-to-end latency at a fixed offered rate, S3 throughput into moto
+      and into a keep-alive stand-in (streamer/benchmark/s3standin.py), peak RSS and CPU per
+      event. Medians of the runs; JSON in bench-results/<timestamp>.json.
   python -m streamer.benchmark micro      the pure hot path, µs per event
   python -m streamer.benchmark memory     RSS with 100,000 workspaces, effective() at 1k vs 100k
       (--through-kafka: a settings view recovering them from a real broker: seconds to ready, RSS)
@@ -152,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="repetitions; medians are reported (default 3)")
     parser.add_argument("--events", type=int, default=None,
                         help="pre-produced events for the throughput runs (default 40000, --quick 15000)")
-    parser.add_argument("--s3-events", type=int, default=None, help="events for the S3 run (default 3000)")
+    parser.add_argument("--s3-events", type=int, default=None, help="events for the S3 run into moto (default 3000)")
+    parser.add_argument("--s3-keepalive-events", type=int, default=None,
+                        help="events for the S3 run into the keep-alive stand-in (default 15000)")
     parser.add_argument("--rate", type=int, default=2000, help="offered events/s of the latency run")
     parser.add_argument("--latency-seconds", type=float, default=None, help="length of the latency run (15)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
