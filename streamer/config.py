@@ -93,8 +93,9 @@ class Config(BaseSettings):
         "young collections run this rarely from startup, and the heap is frozen before and after the settings "
         "are recovered (`0`: Python's defaults); see docs/performance.md"))
     event_loop: Literal["uvloop", "asyncio"] = Field("uvloop", description=(
-        "the worker's event loop: uvloop (libuv) spends about 14% less CPU per event than asyncio's own "
-        "loop here (docs/performance.md, Sixth round); `asyncio` for a platform without uvloop"))
+        "the worker's event loop: uvloop (libuv) spent 14% less worker CPU per event than asyncio's own loop "
+        "while this machine was slow, the same when it was fast (docs/performance.md, Sixth round); "
+        "`asyncio` for a platform without uvloop"))
     s3_endpoint_url: str | None = Field(None, description="default S3 endpoint (MinIO, moto)")
     s3_destination_concurrency: int = Field(32, ge=1, description=(
         "most concurrent PUTs per S3 destination; each destination's cap adapts below it "
