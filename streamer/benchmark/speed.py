@@ -1,6 +1,6 @@
 """A fixed CPU workload timed with every benchmark: how fast this machine is right now.
 
-The same commit measured twice as fast in the afternoon as in the morning of one day here
+The same commit measured about twice as fast at 19:30 as at 19:05 one day here
 (docs/performance.md, Sixth round): the two cores are shared with other tenants. A figure
 is only comparable with another taken at a similar reference, so every command records
 this one at its start and end. It never changes with the project's code: JSON round trips
