@@ -271,7 +271,8 @@ async def batches(stream: faust.StreamT, max_: int, linger_s: float) -> AsyncIte
 
 async def overlapped(stream: faust.StreamT, max_: int, linger_s: float,
                      handle: Callable[[list[faust.EventT]], Awaitable[None]], depth: int,
-                     max_bytes: int | None = None, progress: Progress | None = None) -> None:
+                     max_bytes: int | None = None, progress: Progress | None = None,
+                     max_inflight_bytes: int | None = None) -> None:
     """Run `handle` on up to `depth` batches at once, acking in offset order.
 
     One batch at a time leaves the worker idle while a batch waits on I/O (broker acks,
@@ -286,13 +287,20 @@ async def overlapped(stream: faust.StreamT, max_: int, linger_s: float,
     bad records (see `isolation.isolated`); if it raises anyway the agent stops at its next
     batch without acking. On shutdown the in-flight handlers are cancelled and their
     batches, unacked, are read again.
+
+    `max_inflight_bytes`: no new batch is taken while the batches in flight hold this many
+    value bytes, so a deep agent (many batches that mostly wait, as lingering delivery
+    batches do) holds no more memory than a shallow one of big batches would.
     """
     queue = _queue(stream)
     slots = asyncio.Semaphore(depth)
     running: set[asyncio.Task] = set()
     order = OrderedAcks()
+    inflight_bytes = 0
+    finished = asyncio.Event()
 
-    async def run(batch: list[faust.EventT], entries: list) -> None:
+    async def run(batch: list[faust.EventT], entries: list, size: int) -> None:
+        nonlocal inflight_bytes
         token = progress.begin() if progress is not None else None
         try:
             await handle(batch)
@@ -301,11 +309,16 @@ async def overlapped(stream: faust.StreamT, max_: int, linger_s: float,
         finally:
             if token is not None:
                 progress.end(token)
+            inflight_bytes -= size
+            finished.set()
             slots.release()
 
     try:
         while True:
             await slots.acquire()
+            while max_inflight_bytes and inflight_bytes >= max_inflight_bytes:
+                finished.clear()
+                await finished.wait()
             for task in [t for t in running if t.done()]:
                 running.discard(task)
                 task.result()  # a handler's bug must stop the agent, not vanish
@@ -318,7 +331,9 @@ async def overlapped(stream: faust.StreamT, max_: int, linger_s: float,
                 return
             # Registered here, in the order taken, before the handler can finish.
             entries = order.take(batch)
-            running.add(asyncio.create_task(run(batch, entries)))
+            size = sum(message_size(e) for e in batch) if max_inflight_bytes else 0
+            inflight_bytes += size
+            running.add(asyncio.create_task(run(batch, entries, size)))
     finally:
         for task in running:
             task.cancel()

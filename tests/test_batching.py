@@ -153,6 +153,30 @@ async def test_overlapped_runs_up_to_depth_batches_and_acks_in_offset_order():
     assert stream.acked == events[:20] and most == 2
 
 
+async def test_overlapped_takes_no_batch_while_the_batches_in_flight_hold_the_byte_bound():
+    """A deep agent (lingering delivery batches) holds no more bytes than the bound: with 4
+    slots and room for 20 bytes, only two batches of 10 one-byte events run at once."""
+    stream = FakeStream()
+    events = [Ev(i) for i in range(40)]
+    for e in events:
+        stream.queue.put_nowait(e)
+    release: dict[int, asyncio.Event] = {}
+
+    async def handle(batch):
+        gate = release[batch[0].message.offset] = asyncio.Event()
+        await gate.wait()
+
+    agent = asyncio.create_task(overlapped(stream, 10, 0.01, handle, depth=4, max_inflight_bytes=20))
+    await asyncio.sleep(0.1)
+    assert sorted(release) == [0, 10]  # two slots free, but the bytes are full
+    release[0].set()
+    await asyncio.sleep(0.1)
+    assert sorted(release) == [0, 10, 20] and stream.acked == events[:10]
+    agent.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await agent
+
+
 async def test_overlapped_surfaces_a_handler_that_raises():
     stream = FakeStream()
     for i in range(30):

@@ -143,23 +143,25 @@ async def test_provider_batch_limits(env, worker_factory, kafka, prefix, provide
 
 
 async def test_a_trickle_to_one_destination_goes_in_fuller_requests(env, worker_factory, kafka, prefix, providers):
-    """Per-destination linger: three bursts 0.3 s apart, each its own delivery batch. With a
-    2 s linger the first two share a request (the agent's two batches in flight) and the
-    third follows in a second one; without lingering each burst is a request at least."""
+    """Per-destination linger: four bursts 0.3 s apart, each its own delivery batch. With a
+    2 s linger all four share one request: while lingering, the delivery agent keeps up to
+    `STREAMER_LINGER_BATCHES_IN_FLIGHT` batches in flight, so it reads on while the first
+    waits (with the usual two, the third and fourth went in a second request). Without
+    lingering each burst is a request at least."""
     worker_factory({"STREAMER_DESTINATION_LINGER_S": "2"}).wait_ready()
     async with admin_for(env) as admin:
         await accepted(admin, "register_workspace", workspace_id="1101", partner_id="p", role="customer")
         await accepted(admin, "put_workspace_config", workspace_id="1101",
                        config=http_config(providers, "datadog", "linger-dd"))
-    for burst in range(3):
+    for burst in range(4):
         await produce(kafka, prefix + SUMMARY, [(b"1101", orjson.dumps(job_event(1101, f"j-{burst}-{i}")))
                                                 for i in range(5)])
         await asyncio.sleep(0.3)
-    items = await providers.wait_items("linger-dd", 15)
+    items = await providers.wait_items("linger-dd", 20)
     assert sorted(i["message"] for i in items) == sorted(orjson.dumps(job_event(1101, f"j-{b}-{i}")).decode()
-                                                         for b in range(3) for i in range(5))
+                                                         for b in range(4) for i in range(5))
     requests = [len(r.items) for r in providers.received if r.name == "linger-dd"]
-    assert len(requests) <= 2 and max(requests) >= 10, requests
+    assert requests == [20], requests
 
 
 async def test_a_400_is_dead_lettered_at_once_and_a_503_is_retried(env, worker_factory, kafka, prefix, providers):
