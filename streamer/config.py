@@ -71,7 +71,7 @@ class Config(BaseSettings):
     destination_linger_s: float = Field(0.0, ge=0, description=(
         "a REST destination's records wait up to this long for more of its records from the agent's other "
         "batches in flight, for fewer, fuller requests (Vector's `batch.timeout_secs`); off by default: "
-        "it adds about twice the linger to latency (docs/performance.md, Sixth round)"))
+        "it adds about one linger to latency (docs/performance.md, Sixth round)"))
     linger_batches_in_flight: int = Field(8, ge=1, description=(
         "batches the REST delivery agent works on at once while `STREAMER_DESTINATION_LINGER_S` is on: a "
         "lingering batch waits without using the CPU, so the worker reads on and later batches join its "

@@ -19,6 +19,15 @@ from aiohttp import web
 TOKEN = re.compile(rb"~(\d+)~(\d+)~")
 
 
+async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    """Serve `app` on a free loopback port, keeping connections open as providers do."""
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=300)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]
+
+
 class Receiver:
     def __init__(self, api_key: str):
         self.api_key = api_key
@@ -51,11 +60,7 @@ class Receiver:
     async def start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/dd/{name}/api/v2/logs", self._datadog)
-        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=300)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self._runner, self.port = await serve(app)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -17,6 +17,8 @@ import hashlib
 
 from aiohttp import web
 
+from streamer.benchmark.receiver import serve
+
 
 class S3StandIn:
     def __init__(self) -> None:
@@ -33,11 +35,7 @@ class S3StandIn:
     async def start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_put("/{bucket}/{key:.+}", self._put)
-        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=300)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self._runner, self.port = await serve(app)
 
     async def stop(self) -> None:
         if self._runner is not None:
