@@ -377,10 +377,11 @@ async def deliver_http(stream):
     # Lingering batches wait on their destinations' linger, not on the CPU: with only the
     # usual two in flight the worker sat idle and lingering cost throughput (docs/performance.md,
     # Sixth round). More of them, within the usual bytes, let later batches join the groups.
-    depth = cfg.linger_batches_in_flight if cfg.destination_linger_s > 0 else cfg.batches_in_flight
+    lingering = cfg.destination_linger_s > 0
     await overlapped(stream, cfg.batch_max, cfg.batch_linger_s, lambda events: deliver_by_type(events, "http"),
-                     depth, cfg.batch_max_bytes, liveness.progress("deliver_http"),
-                     max_inflight_bytes=cfg.batches_in_flight * cfg.batch_max_bytes)
+                     cfg.linger_batches_in_flight if lingering else cfg.batches_in_flight, cfg.batch_max_bytes,
+                     liveness.progress("deliver_http"),
+                     max_inflight_bytes=cfg.batches_in_flight * cfg.batch_max_bytes if lingering else None)
 
 
 async def deliver_by_type(events, default: str) -> None:
