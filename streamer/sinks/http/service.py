@@ -33,6 +33,7 @@ from yarl import URL
 from streamer.settings.secrets import redact_text, scope_of_destination
 from streamer.settings.urls import address_allowed, literal_problem
 from streamer.sinks.base import DELIVERED, Delivery, Outcome
+from streamer.sinks.transport import Pool, usable
 from streamer.sinks.http import datadog, generic, splunk, sumo, tls
 from streamer.sinks.http.auth import OAuth2, credentials
 from streamer.sinks.http.request import retry_after_seconds
@@ -109,6 +110,8 @@ class HttpSink:
         self._env_proxies = proxies_from_env() if trust_env else {}
         self._checked_hosts: OrderedDict[str, float] = OrderedDict()
         self._host_checker: AbstractResolver | None = None  # made on the loop, on first use
+        self._timeout_s = timeout_s
+        self._pool: Pool | None = None  # direct requests (streamer/sinks/transport.py); made on the loop
 
     def _shared_session(self, via_deployment_proxy: bool = False) -> aiohttp.ClientSession:
         session = self._sessions.get(via_deployment_proxy)
@@ -132,6 +135,24 @@ class HttpSink:
         if info is None or (parsed.host and proxy_bypass(parsed.host)):
             return _Route({}, False, False)
         return _Route({"proxy": info.proxy, "proxy_auth": info.proxy_auth}, True, not self._allow_private)
+
+    def _lean_pool(self) -> Pool:
+        if self._pool is None:
+            self._pool = Pool(DefaultResolver() if self._allow_private else PublicOnlyResolver(),
+                              connect_timeout_s=min(self._timeout_s, 5), total_timeout_s=self._timeout_s)
+        return self._pool
+
+    async def _exchange(self, target: "_Destination", url: str, headers: dict[str, str],
+                        body: bytes) -> tuple[int, bytes, str | None]:
+        """One POST: (status, body, Retry-After). Direct requests take the lean transport;
+        through a proxy, or for a URL it does not take, aiohttp's session."""
+        if target.lean:
+            r = await self._lean_pool().request("POST", url, headers, body, target.route.options.get("ssl"))
+            return r.status, r.body, r.retry_after
+        session = self._shared_session(target.route.via_deployment_proxy)
+        async with session.post(url, data=body, headers=headers, allow_redirects=False,
+                                **target.route.options) as resp:
+            return resp.status, await resp.read(), resp.headers.get("Retry-After")
 
     def _destination(self, dest: dict[str, Any], scope: str, routed: bytes | None = None) -> "_Destination":
         """`routed`: the destination's bytes as the delivery record carries them (the same
@@ -171,7 +192,8 @@ class HttpSink:
             channel = str(uuid.uuid4())  # acks are per channel: one per destination and worker
             headers = {**headers, splunk.CHANNEL_HEADER: channel}
         found = _Destination({**dest, "url": url}, headers, asyncio.Semaphore(self._concurrency), creds.secrets,
-                             refused, route, token, channel, dest)
+                             refused, route, token, channel, dest,
+                             lean="proxy" not in route.options and usable(url, headers))
         self._destinations[fp] = found
         if len(self._destinations) > self.MAX_DESTINATIONS:
             self._destinations.popitem(last=False)
@@ -225,26 +247,21 @@ class HttpSink:
         token = ""
         try:
             await self._check_host(target.route, req.url)
-            session = self._shared_session(target.route.via_deployment_proxy)
             headers = req.headers
             if target.token is not None:
                 token = await self._token(target.token)
                 headers = {**req.headers, "Authorization": f"Bearer {token}"}
-            async with session.post(req.url, data=req.body, headers=headers, allow_redirects=False,
-                                    **target.route.options) as resp:
-                status, body, retry_after = resp.status, await resp.read(), resp.headers.get("Retry-After")
+            status, body, retry_after = await self._exchange(target, req.url, headers, req.body)
             if status == 401 and target.token is not None and self._tokens.invalidate(target.token.key, token):
                 # Revoked before it expired: a new token, and this request once more with it.
                 token = await self._token(target.token)
                 headers = {**req.headers, "Authorization": f"Bearer {token}"}
-                async with session.post(req.url, data=req.body, headers=headers, allow_redirects=False,
-                                        **target.route.options) as resp:
-                    status, body, retry_after = resp.status, await resp.read(), resp.headers.get("Retry-After")
+                status, body, retry_after = await self._exchange(target, req.url, headers, req.body)
             if policy.success(status, body):
                 if target.token is not None:
                     self._tokens.accepted(target.token.key, token)
                 if target.ack_channel is not None:
-                    return await self._indexed(target, session, req.url, headers, body)
+                    return await self._indexed(target, req.url, headers, body)
                 return DELIVERED
             # Not cut to 200 characters here: send() redacts first, so no secret is cut in half.
             error = f"HTTP {status}: {body[:4096].decode('utf-8', 'replace')}"
@@ -257,8 +274,7 @@ class HttpSink:
         except (aiohttp.ClientError, OSError) as e:
             return Outcome(False, True, _without(f"network error: {type(e).__name__}: {e}", token))
 
-    async def _indexed(self, target: "_Destination", session: aiohttp.ClientSession, url: str,
-                       headers: dict[str, str], answer: bytes) -> Outcome:
+    async def _indexed(self, target: "_Destination", url: str, headers: dict[str, str], answer: bytes) -> Outcome:
         """Splunk indexer acknowledgement: asks until Splunk says the request's events are
         indexed, for at most `splunk.ACK_WAIT_S` (see streamer/sinks/http/splunk.py)."""
         ack = splunk.ack_id(answer)
@@ -269,10 +285,9 @@ class HttpSink:
         ack_url, query = splunk.ack_url(url, target.ack_channel), splunk.ack_query(ack)
         deadline, delay = time.monotonic() + splunk.ACK_WAIT_S, 0.05
         while True:
-            async with session.post(ack_url, data=query, headers=query_headers, allow_redirects=False,
-                                    **target.route.options) as resp:
-                if resp.status == 200 and splunk.acknowledged(await resp.read(), ack):
-                    return DELIVERED
+            status, body, _ = await self._exchange(target, ack_url, query_headers, query)
+            if status == 200 and splunk.acknowledged(body, ack):
+                return DELIVERED
             if time.monotonic() + delay > deadline:
                 return Outcome(False, True, f"Splunk did not acknowledge indexing within {splunk.ACK_WAIT_S:g}s "
                                             f"(ackId {ack}): sent again")
@@ -361,6 +376,9 @@ class HttpSink:
         for session in self._sessions.values():
             await session.close()
         self._sessions.clear()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         self._destinations.clear()
         self._tokens.clear()
         if self._host_checker is not None:
@@ -399,3 +417,4 @@ class _Destination:
     token: _TokenSource | None = None  # an OAuth2 destination's token
     ack_channel: str | None = None  # Splunk indexer acknowledgement: this destination's channel
     given: dict[str, Any] | None = None  # the destination as the caller gave it
+    lean: bool = False  # direct: its requests take the lean transport (streamer/sinks/transport.py)
