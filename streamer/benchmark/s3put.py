@@ -1,5 +1,5 @@
 """Client CPU per S3 object: aiobotocore's `put_object` (what the S3 sink used to call) against
-the sink's signed aiohttp PUT, into the same moto server, in this process.
+the sink's signed PUT (botocore signature, the lean transport of streamer/sinks/transport.py), into the same moto server, in this process.
 
 The pipeline's S3 figure is the whole worker (Kafka, Faust, the engine) and is bounded by
 moto's own speed on the same cores; this one is only the client side of one PUT, measured
@@ -133,7 +133,7 @@ async def _main(endpoint: str, objects: int, destinations: int, repeats: int, si
 
     out: dict[str, Any] = {"objects": objects, "destinations": destinations, "size": len(body), "repeats": repeats}
     try:
-        for name, one_pass in (("aiobotocore_put_object", botocore_pass), ("sink_signed_aiohttp", sink_pass)):
+        for name, one_pass in (("aiobotocore_put_object", botocore_pass), ("sink_signed_lean_put", sink_pass)):
             await one_pass(f"{name}/warm")
             cpu, rate = [], []
             for r in range(repeats):
@@ -159,7 +159,7 @@ def report(result: dict[str, Any]) -> str:
         r = result[target]
         lines.append(f"S3 PUT client cost {label}: {r['objects']:,} objects of {r['size']:,} bytes over "
                      f"{r['destinations']} destination(s), median of {r['repeats']} passes (this process's CPU)")
-        for name in ("aiobotocore_put_object", "sink_signed_aiohttp"):
+        for name in ("aiobotocore_put_object", "sink_signed_lean_put"):
             m = r[name]
             runs = ", ".join(f"{x:.0f}" for x in m["cpu_us_per_object_runs"])
             lines.append(f"  {name:24s} {m['cpu_us_per_object']:7.0f} µs CPU/object ({runs})   "

@@ -213,11 +213,11 @@ class Pool:
         self._next_sweep = 0.0
         self._urls: dict[str, tuple[_Key, bytes, str]] = {}
 
-    def _parse(self, url: str, tls: Any) -> tuple[_Key, bytes, str]:
-        cached = self._urls.get(url)
+    def _parse(self, url: str, tls: Any, encoded: bool) -> tuple[_Key, bytes, str]:
+        cached = None if encoded else self._urls.get(url)
         if cached is not None and cached[0].ssl is tls:
             return cached
-        u = URL(url)
+        u = URL(url, encoded=encoded)
         secure = u.scheme == "https"
         if secure and (tls is None or tls is True):
             if self._default_tls is None:
@@ -229,17 +229,19 @@ class Pool:
             authority = f"{authority}:{u.port}"
         key = _Key(u.scheme, host, u.port, tls if secure else None)
         parsed = (key, (u.raw_path_qs or "/").encode("ascii"), authority)
-        if len(self._urls) > 20_000:
-            self._urls.clear()
-        self._urls[url] = parsed
+        if not encoded:  # a destination's URL, used again and again (not an object's)
+            if len(self._urls) > 20_000:
+                self._urls.clear()
+            self._urls[url] = parsed
         return parsed
 
     async def request(self, method: str, url: str, headers: dict[str, str], body: bytes,
-                      tls: Any = None) -> Response:
+                      tls: Any = None, encoded: bool = False) -> Response:
         """Send one request, read its response. `tls`: an SSLContext for an https URL (None
         or True: the system's CAs). Raises asyncio.TimeoutError or OSError (ValueError for a
-        header with CR, LF or NUL). Not for HEAD: its answer's length is not its body's."""
-        key, target, authority = self._parse(url, tls)
+        header with CR, LF or NUL). Not for HEAD: its answer's length is not its body's.
+        `encoded`: the URL's path is sent exactly as given (a signed S3 key), not re-quoted."""
+        key, target, authority = self._parse(url, tls, encoded)
         lines = [f"{method} ", target.decode("ascii"), f" HTTP/1.1\r\nHost: {authority}\r\n"]
         if not any(k.lower() == "user-agent" for k in headers):
             lines.append(f"User-Agent: {self._user_agent}\r\n")
