@@ -44,7 +44,6 @@ DNS_TTL_S = 60.0
 IDLE_S = 15.0
 MAX_RESPONSE_BYTES = 1024 * 1024
 _FORBIDDEN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
-_UNSAFE = str.maketrans("", "", "\r\n\0")
 
 
 class ProtocolError(ConnectionError):
@@ -72,7 +71,7 @@ def usable(url: str, headers: dict[str, str]) -> bool:
 
 
 def _unsafe(text: str) -> bool:
-    return len(text.translate(_UNSAFE)) != len(text)
+    return "\r" in text or "\n" in text or "\0" in text
 
 
 class _Connection(asyncio.Protocol):
@@ -211,28 +210,36 @@ class Pool:
         self._addresses: dict[tuple[str, int], tuple[float, list[str]]] = {}
         self._default_tls: ssl.SSLContext | None = None
         self._next_sweep = 0.0
-        self._urls: dict[str, tuple[_Key, bytes, str]] = {}
+        self._urls: dict[tuple[str, Any], tuple[_Key, bytes, str]] = {}
 
     def _parse(self, url: str, tls: Any, encoded: bool) -> tuple[_Key, bytes, str]:
-        cached = None if encoded else self._urls.get(url)
-        if cached is not None and cached[0].ssl is tls:
+        if encoded:
+            # An object's URL, new every time: its origin is what repeats, and the path goes
+            # as given. Only plain ASCII URLs are taken apart by hand; yarl parses the rest.
+            cut = url.find("/", url.find("//") + 2)
+            if cut > 0 and url.isascii() and "@" not in url[:cut] and "?" not in url[:cut]:
+                origin = self._parse(url[:cut], tls, False)
+                return origin[0], url[cut:].encode("ascii"), origin[2]
+        cached = None if encoded else self._urls.get((url, tls))
+        if cached is not None:
             return cached
         u = URL(url, encoded=encoded)
         secure = u.scheme == "https"
+        context = tls
         if secure and (tls is None or tls is True):
             if self._default_tls is None:
                 self._default_tls = ssl.create_default_context()
-            tls = self._default_tls
+            context = self._default_tls
         host = u.raw_host
         authority = f"[{host}]" if ":" in host else host
         if not u.is_default_port():
             authority = f"{authority}:{u.port}"
-        key = _Key(u.scheme, host, u.port, tls if secure else None)
+        key = _Key(u.scheme, host, u.port, context if secure else None)
         parsed = (key, (u.raw_path_qs or "/").encode("ascii"), authority)
         if not encoded:  # a destination's URL, used again and again (not an object's)
             if len(self._urls) > 20_000:
                 self._urls.clear()
-            self._urls[url] = parsed
+            self._urls[(url, tls)] = parsed
         return parsed
 
     async def request(self, method: str, url: str, headers: dict[str, str], body: bytes,
@@ -252,7 +259,7 @@ class Pool:
                 raise ValueError(f"header {name[:40]!r} contains CR, LF or NUL")
             lines.append(f"{name}: {value}\r\n")
         lines.append(f"Content-Length: {len(body)}\r\n\r\n")
-        head = "".join(lines).encode("latin-1")
+        head = "".join(lines).encode()  # UTF-8, as aiohttp writes headers
         async with asyncio.timeout(self._total_timeout):
             conn, reused = await self._acquire(key)
             try:
