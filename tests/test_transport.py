@@ -203,3 +203,13 @@ def test_an_object_url_taken_apart_by_hand_is_what_yarl_makes_of_it(url):
     u = URL(url, encoded=True)
     assert (target, key.host, key.port) == (u.raw_path_qs.encode(), u.raw_host, u.port)
     assert authority == u.raw_authority
+
+
+async def test_a_timeout_on_a_reused_connection_is_not_sent_again():
+    async with Server(lambda n: ok() if n == 1 else None) as s:
+        p = pool(total=0.3)
+        await p.request("POST", s.url, {}, b"a")
+        with pytest.raises(asyncio.TimeoutError):
+            await p.request("POST", s.url, {}, b"b")
+        p.close()
+    assert len(s.requests) == 2 and s.connections == 1
