@@ -2,10 +2,11 @@
 
 Why not aiohttp here: with thousands of small tenants a REST request carries 1.7 events on
 average, so what one request costs the client is what an event costs. aiohttp's
-`session.post` costs about 150 µs of client CPU per request on this project's machine (its
+`session.post` costs 130-160 µs of client CPU per request on this project's machine (its
 request and response objects, payload registry, tracing hooks, timers, cookie and redirect
-machinery), a POST written straight to an asyncio transport and parsed with `httptools`
-(llhttp, the parser uvicorn uses) about 45 µs (`python -m streamer.benchmark httppost`).
+machinery); the whole HTTP sink's request on this transport, a POST written straight to an
+asyncio transport and parsed with `httptools` (llhttp, the parser uvicorn uses), costs about
+70 µs (`python -m streamer.benchmark httppost`; docs/performance.md, Seventh round).
 The sinks still use aiohttp for everything this module does not do: proxies, OAuth token
 requests, probes, URLs with credentials in them.
 

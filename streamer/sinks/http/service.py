@@ -1,5 +1,9 @@
-"""REST sink I/O: one shared connection pool, SSRF-safe resolution, one attempt per call
+"""REST sink I/O: shared connection pools, SSRF-safe resolution, one attempt per call
 (two for an OAuth2 destination that refuses its token: a new token, and the request again).
+
+Direct requests go on the lean transport (streamer/sinks/transport.py), which costs the
+client about half of aiohttp's CPU per request; through a proxy, OAuth token requests and
+probes go through aiohttp's session. Both pools resolve through `PublicOnlyResolver`.
 
 Retries are not done here: the engine decides (in-line backoff, the retry topic, or a dead
 letter), so every attempt is counted and the partition never blocks on one destination.
@@ -73,7 +77,7 @@ def endpoint(dest: dict[str, Any]) -> str:
 
 
 class HttpSink:
-    """One connection pool for every destination, and per destination its auth headers
+    """Connection pools shared by every destination, and per destination its auth headers
     (decrypted once), URL, TLS context, proxy and a cap on concurrent requests.
 
     Destinations on one host (every tenant of one Datadog site, say) share keep-alive

@@ -1,12 +1,13 @@
-"""S3 sink I/O: one signed aiohttp PUT per object at its deterministic key.
+"""S3 sink I/O: one signed PUT per object at its deterministic key.
 
 Why not aiobotocore's `put_object`: about a millisecond of CPU per call goes to botocore's
 per-call machinery, ten times the request itself. Here botocore still does what it is
 good at: credentials (a destination's own keys, else the default chain: environment,
 profiles, assumed roles, web identity, container and instance roles, refreshed before
 they expire), where a bucket's objects live (`request.object_base_url`, once per
-destination) and SigV4 (`request.signed_headers`). aiohttp carries the request over one
-shared, bounded connection pool.
+destination) and SigV4 (`request.signed_headers`). The lean transport
+(streamer/sinks/transport.py) carries objects under 1 MiB, aiohttp bigger ones and probes;
+the sink-wide slots (POOL_LIMIT) bound the PUTs, and so the connections, in flight.
 
 Per destination the sink keeps its URL, its credentials and an adaptive cap on concurrent
 PUTs (`streamer.sinks.adaptive`): a partner-wide destination receives a large share of
