@@ -201,7 +201,7 @@ def test_an_object_url_taken_apart_by_hand_is_what_yarl_makes_of_it(url):
     p = Pool(None, 1, 1)
     key, target, authority = p._parse(url, None, True)
     u = URL(url, encoded=True)
-    assert (target, key.host, key.port) == (u.raw_path_qs.encode(), u.raw_host, u.port)
+    assert (target, key.host, key.port) == (u.raw_path_qs, u.raw_host, u.port)
     assert authority == u.raw_authority
 
 

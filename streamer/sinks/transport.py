@@ -222,16 +222,16 @@ class Pool:
         self._addresses: dict[tuple[str, int], tuple[float, list[str]]] = {}
         self._default_tls: ssl.SSLContext | None = None
         self._next_sweep = 0.0
-        self._urls: dict[tuple[str, Any], tuple[_Key, bytes, str]] = {}
+        self._urls: dict[tuple[str, Any], tuple[_Key, str, str]] = {}
 
-    def _parse(self, url: str, tls: Any, encoded: bool) -> tuple[_Key, bytes, str]:
+    def _parse(self, url: str, tls: Any, encoded: bool) -> tuple[_Key, str, str]:
         if encoded:
             # An object's URL, new every time: its origin is what repeats, and the path goes
             # as given. Only plain ASCII URLs are taken apart by hand; yarl parses the rest.
             cut = url.find("/", url.find("//") + 2)
             if cut > 0 and url.isascii() and "@" not in url[:cut] and "?" not in url[:cut]:
                 origin = self._parse(url[:cut], tls, False)
-                return origin[0], url[cut:].encode("ascii"), origin[2]
+                return origin[0], url[cut:], origin[2]
         cached = None if encoded else self._urls.get((url, tls))
         if cached is not None:
             return cached
@@ -247,7 +247,7 @@ class Pool:
         if not u.is_default_port():
             authority = f"{authority}:{u.port}"
         key = _Key(u.scheme, host, u.port, context if secure else None)
-        parsed = (key, (u.raw_path_qs or "/").encode("ascii"), authority)
+        parsed = (key, u.raw_path_qs or "/", authority)
         if not encoded:  # a destination's URL, used again and again (not an object's)
             if len(self._urls) > 20_000:
                 self._urls.clear()
@@ -261,15 +261,19 @@ class Pool:
         header with CR, LF or NUL). Not for HEAD: its answer's length is not its body's.
         `encoded`: the URL's path is sent exactly as given (a signed S3 key), not re-quoted."""
         key, target, authority = self._parse(url, tls, encoded)
-        lines = [f"{method} ", target.decode("ascii"), f" HTTP/1.1\r\nHost: {authority}\r\n"]
-        if not any(k.lower() == "user-agent" for k in headers):
-            lines.append(f"User-Agent: {self._user_agent}\r\n")
-        if not any(k.lower() == "content-type" for k in headers):
-            lines.append("Content-Type: application/octet-stream\r\n")  # aiohttp's for bytes
+        lines = [f"{method} {target} HTTP/1.1\r\nHost: {authority}\r\n"]
+        user_agent = content_type = False
         for name, value in headers.items():
             if _unsafe(name) or _unsafe(value):  # header injection: refused, as aiohttp does
                 raise ValueError(f"header {name[:40]!r} contains CR, LF or NUL")
+            lowered = name.lower()
+            user_agent = user_agent or lowered == "user-agent"
+            content_type = content_type or lowered == "content-type"
             lines.append(f"{name}: {value}\r\n")
+        if not user_agent:
+            lines.append(f"User-Agent: {self._user_agent}\r\n")
+        if not content_type:
+            lines.append("Content-Type: application/octet-stream\r\n")  # aiohttp's for bytes
         lines.append(f"Content-Length: {len(body)}\r\n\r\n")
         head = "".join(lines).encode()  # UTF-8, as aiohttp writes headers
         loop = asyncio.get_running_loop()
