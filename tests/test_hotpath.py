@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamer.events import parse
-from streamer.events.parse import Event, Rejection, parse_event
+from streamer.events.parse import Event, Rejection, exact_dumps, parse_event
 
 JOB = {"id": "j-Qm3xT7pa-Hk2sLd", "recipe_id": 4410237, "status": "succeeded", "title": "t",
        "started_at": "2026-03-14T09:29:58-07:00", "completed_at": "2026-03-14T09:30:02-07:00",
@@ -81,8 +81,9 @@ def _same(a, b) -> None:
     if isinstance(a, Rejection):
         assert a.reason == b.reason
     else:
-        assert (a.kind, a.workspace_id, a.event_id, a.body, a.occurred_at) == \
-               (b.kind, b.workspace_id, b.event_id, b.body, b.occurred_at)
+        # Job details keep their lines as JSON text (orjson.Fragment): compare as JSON.
+        assert (a.kind, a.workspace_id, a.event_id, orjson.loads(orjson.dumps(a.body)), a.occurred_at) == \
+               (b.kind, b.workspace_id, b.event_id, orjson.loads(orjson.dumps(b.body)), b.occurred_at)
         assert a.occurred_at.tzinfo is not None and a.occurred_at.utcoffset().total_seconds() == 0
 
 
@@ -138,6 +139,101 @@ def test_job_time_is_completed_at_else_started_at_in_utc():
     assert ev.occurred_at == datetime(2026, 3, 14, 16, 29, 58, tzinfo=timezone.utc)
     ev = parse_event("job_summary", orjson.dumps(JOB))
     assert ev.occurred_at == datetime(2026, 3, 14, 16, 30, 2, tzinfo=timezone.utc)
+
+
+# -- job details: the lines pass through as their JSON text -----------------------------------
+
+def _message(value: bytes) -> bytes | Rejection:
+    from streamer.routing import message_json
+
+    event = parse_event("job_details", value)
+    return event if isinstance(event, Rejection) else message_json(event, 10**9)
+
+
+def _full(value: bytes) -> Event | Rejection:
+    """parse_event without the lines shortcut: everything parsed and re-serialised."""
+    details_body = parse._details_body
+    parse._details_body = lambda value: None
+    try:
+        return parse_event("job_details", value)
+    finally:
+        parse._details_body = details_body
+
+
+def test_job_details_keep_their_lines_as_text_and_give_the_same_message(samples):
+    from streamer.benchmark.workload import event_bytes
+
+    # (The sample is pretty-printed, which takes the full way; compacted, it takes the shortcut.)
+    for value in [orjson.dumps(DETAILS), event_bytes("job_details", "78125", 3, 5),
+                  orjson.dumps(orjson.loads(samples["job_details_masked_step"]))]:
+        event = parse_event("job_details", value)
+        assert type(event.body["lines"]) is orjson.Fragment, "not taken lazily"
+        assert _message(value) == orjson.dumps(orjson.loads(value))  # compact input: byte for byte the same
+        _same(event, _full(value))
+
+
+def test_lines_pass_through_as_the_producer_wrote_them():
+    lines = b'[ {"recipe_line_number":0, "x":"caf\\u00e9 \\/", "n":1.50E+2, "big":123456789012345678901234567890} ]'
+    value = orjson.dumps(JOB)[:-1] + b',"lines":' + lines + b"}"
+    assert _message(value).endswith(b',"lines":' + lines + b"}")
+    assert parse_event("job_details", value).exact is False  # no slow exact parse for a big integer in the lines
+
+
+def test_what_the_lines_shortcut_is_not_sure_of_goes_the_full_way():
+    head = orjson.dumps(JOB)[:-1]
+    pretty = orjson.dumps(DETAILS, option=orjson.OPT_INDENT_2)
+    event = parse_event("job_details", pretty)
+    assert type(event.body["lines"]) is list and b"\n" not in _message(pretty)  # still one line
+    for spaced in [b'[\n{"recipe_line_number":0}\n]', b'[{"a":1,\r\n"b":2}]', b'[1,\t2]']:
+        value = orjson.dumps(JOB)[:-1] + b',"lines":' + spaced + b"}"
+        assert not any(c in _message(value) for c in b"\n\r\t") and _same(parse_event("job_details", value), _full(value)) is None
+    # A big integer outside the lines: the exact parser, digits kept.
+    big = head + b',"x":123456789012345678901234567890,"lines":[]}'
+    assert parse_event("job_details", big).exact and b"123456789012345678901234567890" in _message(big)
+    # A nested "lines" member with the same text before the top-level one is not the one cut.
+    nested = orjson.dumps({**JOB, "report": {"lines": [1]}, "lines": [1]})
+    assert orjson.loads(_message(nested))["report"] == {"lines": [1]}
+    # The key written with an escape, spaces around the colon, duplicate members: as orjson reads them.
+    for value in [head + b',"\\u006cines":[1]}', head + b',"lines" : [1]}', head + b',"lines":[1],"lines":[2]}',
+                  head + b',"lines":[2],"report":{"lines":[2]},"lines":[3]}']:
+        assert orjson.loads(_message(value)) == orjson.loads(value), value
+    # Invalid UTF-8 or JSON inside the lines: rejected as before, with the same reason.
+    for bad in [head + b',"lines":["\xff"]}', head + b',"lines":[1,]}', head + b',"lines":[NaN]}',
+                head + b',"lines":["\\ud800"]}', head + b',"lines":["a\x01"]}']:
+        rejected = parse_event("job_details", bad)
+        assert isinstance(rejected, Rejection) and "not valid UTF-8 JSON" in rejected.reason, bad
+        _same(rejected, _full(bad))
+    # Lines that are not an array: the models word it.
+    assert "'lines'" in parse_event("job_details", head + b',"lines":"x"}').reason
+
+
+def test_lines_deeper_than_orjson_can_write_now_pass_through():
+    deep = b"[" * 300 + b"]" * 300
+    value = orjson.dumps(JOB)[:-1] + b',"lines":' + deep + b"}"
+    from streamer.routing import message_json
+
+    assert isinstance(message_json(_full(value), 10**9), Rejection)  # re-serialising fails: orjson writes 254 levels
+    assert _message(value).endswith(deep + b"}")
+
+
+JSONISH = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False)
+                       | st.text(), lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+                       max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(JSONISH, max_size=4), st.dictionaries(st.sampled_from(["report", "error", "lines", "x"]), JSONISH, max_size=3),
+       st.booleans(), st.booleans())
+def test_lines_shortcut_agrees_with_the_full_parse(lines, extra, compact, ascii_only):
+    import json
+
+    body = {**extra, **JOB, "lines": lines}
+    value = json.dumps(body, separators=(",", ":") if compact else (", ", ": "), ensure_ascii=ascii_only).encode()
+    fast, full = parse_event("job_details", value), _full(value)
+    assert isinstance(fast, Event) and isinstance(full, Event)
+    assert (fast.workspace_id, fast.event_id, fast.occurred_at) == (full.workspace_id, full.event_id, full.occurred_at)
+    # json, not orjson, compares: it keeps integers beyond 64 bits exact.
+    assert json.loads(_message(value)) == json.loads(exact_dumps(full.body) if full.exact else orjson.dumps(full.body))
 
 
 def test_compact_workspace_entries_give_back_the_models_and_the_same_digest():
