@@ -387,11 +387,22 @@ async def deliver_http(stream):
 async def deliver_by_type(events, default: str) -> None:
     """A batch of one topic, to each record's engine (its `type` header; records written
     before the header existed are the topic's own type)."""
-    by_type: dict[str, list] = defaultdict(list)
+    by_type: dict[bytes, list] = defaultdict(list)
+    fallback = default.encode()
     for e in events:
-        by_type[dict(e.message.headers or ()).get("type", default.encode()).decode("utf-8", "replace")].append(e)
+        found = _type_header(e.message.headers)
+        by_type[fallback if found is None else found].append(e)
     for destination_type, group in by_type.items():
-        await deliver(destination_type, group)
+        await deliver(destination_type.decode("utf-8", "replace"), group)
+
+
+def _type_header(headers) -> bytes | None:
+    """The last `type` header, as dict(headers) would give it, without building the dict."""
+    found = None
+    for name, value in headers or ():
+        if name == "type":
+            found = value
+    return found
 
 
 async def redeliver(events) -> None:

@@ -102,6 +102,9 @@ class _Lingering:
         self.timer: asyncio.TimerHandle | None = None
 
 
+PARSED_DESTINATIONS = 20_000
+
+
 def backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
     """Exponential backoff with full jitter; Retry-After sets the earliest next try, up to the
     cap: a destination answering `Retry-After: 86400` must not park its deliveries (and, on
@@ -125,6 +128,9 @@ class DeliveryEngine:
     _groups: set[asyncio.Task] = field(default_factory=set)
     # Per-destination bookkeeping for the status topic (streamer/status.py); no I/O.
     observer: DeliveryObserver = field(default_factory=NullObserver)
+    # A destination's JSON as its delivery records carry it -> parsed, so a group does not
+    # parse it again (it was 2.6% of a REST worker's samples). Sinks never change the dict.
+    _parsed: dict[bytes, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.produce_durably is None:
@@ -310,7 +316,7 @@ class DeliveryEngine:
         failure, so the record is parked and in the end dead-lettered instead of wedging
         its partition in an endless retry of the same batch."""
         try:
-            return await self.sink.send(orjson.loads(pending[0].destination), pending)
+            return await self.sink.send(self._destination(pending[0].destination), pending)
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -386,6 +392,14 @@ class DeliveryEngine:
             self.breakers.pop(dest_id, None)
             self.limits.pop(dest_id, None)
             del self.last_used[dest_id]
+
+    def _destination(self, raw: bytes) -> dict:
+        parsed = self._parsed.get(raw)
+        if parsed is None:
+            parsed = self._parsed[raw] = orjson.loads(raw)
+            if len(self._parsed) > PARSED_DESTINATIONS:
+                del self._parsed[next(iter(self._parsed))]  # the oldest; a miss only costs a parse
+        return parsed
 
     def _export_breakers(self) -> None:
         metrics.breakers_open.labels(self.destination_type).set(sum(1 for b in self.breakers.values() if b.is_open))

@@ -165,7 +165,7 @@ class HttpSink:
         if routed is not None:
             fp = hashlib.sha256(scope.encode() + b"\0" + routed).digest()
             found = self._destinations.get(fp)
-            if found is not None and found.given == dest:
+            if found is not None and (found.given is dest or found.given == dest):
                 self._destinations.move_to_end(fp)
                 return found
             if found is not None:  # bytes that are not this destination's: the canonical key
