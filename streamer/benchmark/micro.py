@@ -96,11 +96,13 @@ def run_micro(events: int = 3000, repeats: int = 7, keys: dict[str, bytes] | Non
         parsed = [parse_event(*r) for r in recs]
         render_s = _median_pass(lambda: _each(lambda e: message_json(e, MAX_MESSAGE_BYTES), parsed), repeats)
         kind_route_s = _median_pass(lambda: route_all(recs), repeats)
-        # What orjson alone costs per event: parse the record, serialise the message, escape it
-        # into a Datadog item. No pure-Python path gets below this.
-        messages = [orjson.dumps(orjson.loads(v)) for _, v, _ in recs]
+        # What orjson alone costs per event for the whole record: parse it, serialise it, escape
+        # it into a Datadog item. The floor of a path that parses everything; job details
+        # have not taken that path since their lines pass through as text (the Eighth round).
+        bodies = [orjson.loads(v) for _, v, _ in recs]
+        messages = [orjson.dumps(b) for b in bodies]
         json_s = (_median_pass(lambda: _each(lambda r: orjson.loads(r[1]), recs), repeats)
-                  + _median_pass(lambda: _each(lambda e: orjson.dumps(e.body), parsed), repeats)
+                  + _median_pass(lambda: _each(orjson.dumps, bodies), repeats)
                   + _median_pass(lambda: _each(lambda m: orjson.dumps(m.decode()), messages), repeats))
         per_kind[kind] = {"events": len(recs), "bytes": round(statistics.mean(len(v) for _, v, _ in recs)),
                           "route_us": kind_route_s / len(recs) * 1e6, "parse_us": parse_s / len(recs) * 1e6,
@@ -133,8 +135,8 @@ def report(r: dict[str, Any]) -> str:
              f"  route()            {r['route_us']:7.2f} µs/event",
              f"  Datadog encoding   {r['encode_us']:7.2f} µs/event",
              f"  hot path           {r['hot_path_us']:7.2f} µs/event   (target ≤ 15)",
-             f"  of which orjson    {r['orjson_floor_us']:7.2f} µs/event   (loads + dumps + Datadog string escaping: "
-             f"the floor)",
+             f"  orjson alone       {r['orjson_floor_us']:7.2f} µs/event   (whole records: loads + dumps + "
+             f"Datadog string escaping)",
              "  by kind (route = parse + resolve + serialise + render + headers):"]
     for kind, k in r["per_kind"].items():
         lines.append(f"    {kind:14} {k['bytes']:6} B  route {k['route_us']:6.2f}  parse {k['parse_us']:6.2f}"
