@@ -177,6 +177,12 @@ def test_lines_pass_through_as_the_producer_wrote_them():
     value = orjson.dumps(JOB)[:-1] + b',"lines":' + lines + b"}"
     assert _message(value).endswith(b',"lines":' + lines + b"}")
     assert parse_event("job_details", value).exact is False  # no slow exact parse for a big integer in the lines
+    # Decided (README, job-details lines): steps are not validated, and a number out of double
+    # range inside the lines is passed on as written (the full parse refuses the record).
+    for lines in [b'[{"adapter_name":"no recipe_line_number"},"x",-1]', b'[{"recipe_line_number":0,"n":1e400}]']:
+        value = orjson.dumps(JOB)[:-1] + b',"lines":' + lines + b"}"
+        assert _message(value).endswith(b',"lines":' + lines + b"}")
+    assert isinstance(_full(orjson.dumps(JOB)[:-1] + b',"lines":[1e400]}'), Rejection)
 
 
 def test_what_the_lines_shortcut_is_not_sure_of_goes_the_full_way():
