@@ -898,3 +898,34 @@ def test_promtool_unit_tests_catch_a_changed_alert(tmp_path):
     breaker["for"] = "5m"  # would page on a 9-minute blip
     tested = _promtool_run(rules, tmp_path, "test", "rules", PROMTOOL_TESTS.name)
     assert tested.returncode != 0 and "StreamerDestinationBreakerOpen" in tested.stdout + tested.stderr
+
+
+# Debian bookworm's python3.11 (the mmdebstrap base of scripts/container-smoke.sh, and
+# python:3.11-slim-bookworm's is newer): a pinned runtime package that requires a later
+# 3.11 cannot be installed in the image, although it installs in a newer local venv
+# (gcloud-aio-auth 5.6.0 requires >=3.11.3 and broke the image build).
+BOOKWORM_PYTHON = "3.11.2"
+
+
+def test_every_pinned_runtime_package_installs_on_bookworms_python():
+    import tomllib
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+    from packaging.utils import canonicalize_name
+
+    env = {"python_version": "3.11", "python_full_version": BOOKWORM_PYTHON, "extra": ""}
+    todo = [Requirement(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    seen: dict[str, str] = {}
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if name in seen or (req.marker is not None and not req.marker.evaluate(env)):
+            continue
+        dist = metadata.distribution(req.name)
+        seen[name] = dist.metadata.get("Requires-Python") or ""
+        todo.extend(Requirement(r) for r in dist.requires or [])
+    assert len(seen) > 30, sorted(seen)  # the closure, not just the direct dependencies
+    refused = {n: spec for n, spec in seen.items() if spec and BOOKWORM_PYTHON not in SpecifierSet(spec)}
+    assert not refused, f"these need a newer Python than bookworm's {BOOKWORM_PYTHON}: {refused}"
