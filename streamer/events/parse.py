@@ -1,7 +1,8 @@
 """Raw Kafka record -> validated `Event`, or a `Rejection` with a reason naming the field.
 
 Pure functions: no I/O, so the routing agent stays thin and every rejection kind is unit
-tested. The event dict kept on `Event.body` is the parsed JSON itself, never a model dump.
+tested. The event dict kept on `Event.body` is the parsed JSON itself, never a model dump;
+a job-details record's `lines` may be kept as its JSON text (an `orjson.Fragment`, below).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Event:
     kind: str  # job_summary | job_details | user_activity
     workspace_id: str
     event_id: str
-    body: dict[str, Any]
+    body: dict[str, Any]  # job details: `lines` may be an orjson.Fragment (see _details_body)
     occurred_at: datetime  # UTC; completed_at/started_at for jobs, timestamp for user activity
     exact: bool = False  # parsed by the exact parser: holds integers orjson cannot represent
 
