@@ -341,3 +341,29 @@ async def test_head_bucket_is_signed_and_authorised_like_a_put(authed, monkeypat
     assert own.ok and role.ok, (own, role)
     assert (wrong.status, nobody.status) == (403, 403) and "s3:ListBucket" in nobody.error
     assert not any(o.retryable for o in (wrong, nobody))
+
+
+@pytest.mark.parametrize("url", [
+    "https://bucket.s3.us-east-1.amazonaws.com/ws/1/job_summary/a.json",
+    "https://s3.eu-west-1.amazonaws.com/bucket/k/a.json",
+    "https://s3.example.com:443/bucket/k",  # the default port: left out of the host
+    "http://127.0.0.1:9000/bucket/k%20x.json",
+    "http://S3.Example.COM:8080/bucket/k",  # hosts are signed lowercase
+    "http://[::1]:9000/bucket/k",
+    "https://[2001:db8::1]/bucket/k",
+])
+def test_a_put_signs_exactly_the_host_the_transport_sends(url, monkeypatch):
+    """The lean transport writes its own Host header and the PUT is signed with that very
+    value (streamer/sinks/s3/service.py); it must be what botocore derives from the URL,
+    or S3 answers SignatureDoesNotMatch."""
+    import botocore.auth
+
+    from streamer.sinks.transport import Pool
+
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: datetime(2026, 12, 3, 1, 2, 3))
+    creds = Credentials("AKIDEXAMPLE", "secret", "token").get_frozen_credentials()
+    headers = {"Content-Type": CONTENT_TYPE, "x-amz-storage-class": "STANDARD_IA"}
+    host = Pool(None, 1, 1).authority(url, encoded=True)
+    ours = signed_headers(url, b'{"a":1}', creds, "us-east-1", headers, host=host)
+    assert "host" not in {k.lower() for k in ours}  # the transport writes it, once
+    assert ours == signed_headers(url, b'{"a":1}', creds, "us-east-1", headers)

@@ -254,6 +254,10 @@ class Pool:
             self._urls[(url, tls)] = parsed
         return parsed
 
+    def authority(self, url: str, tls: Any = None, encoded: bool = False) -> str:
+        """The Host header `request` sends for `url`: what a signature over the host must sign."""
+        return self._parse(url, tls, encoded)[2]
+
     async def request(self, method: str, url: str, headers: dict[str, str], body: bytes,
                       tls: Any = None, encoded: bool = False) -> Response:
         """Send one request, read its response. `tls`: an SSLContext for an https URL (None

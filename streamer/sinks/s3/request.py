@@ -147,16 +147,26 @@ _PLAIN = {"Content-Type": CONTENT_TYPE}
 
 
 def signed_headers(url: str, body: bytes, credentials: Any, region: str,
-                   headers: dict[str, str] = _PLAIN, method: str = "PUT") -> dict[str, str]:
+                   headers: dict[str, str] = _PLAIN, method: str = "PUT", host: str | None = None) -> dict[str, str]:
     """Headers of a PUT of `body` to `url` (or of another `method`, such as HeadBucket's
     HEAD), signed with botocore's S3 SigV4 signer.
 
     `credentials` are frozen (access key, secret key, token), so a refresh cannot change
     them halfway through a signature. The payload's SHA-256 is signed (botocore's default
-    for a PUT without Content-MD5), so S3 checks the body end to end."""
-    request = AWSRequest(method=method, url=url, data=body, headers=dict(headers))
+    for a PUT without Content-MD5), so S3 checks the body end to end.
+
+    `host`: the Host header the transport will send. It is signed as given and left out of
+    the result (the transport writes it). Without it botocore derives the host from the URL
+    on every signature, which was 5% of an S3 worker's samples."""
+    given = dict(headers)
+    if host is not None:
+        given["host"] = host
+    request = AWSRequest(method=method, url=url, data=body, headers=given)
     S3SigV4Auth(credentials, "s3", region).add_auth(request)
-    return dict(request.headers.items())
+    signed = dict(request.headers.items())
+    if host is not None:
+        del signed["host"]
+    return signed
 
 
 # Bodies this big are hashed and signed on a thread: hashing 40 MB takes tens of ms, which
@@ -165,10 +175,10 @@ BIG_BODY = 1 << 20
 
 
 async def signed_headers_async(url: str, body: bytes, credentials: Any, region: str,
-                               headers: dict[str, str] = _PLAIN) -> dict[str, str]:
+                               headers: dict[str, str] = _PLAIN, host: str | None = None) -> dict[str, str]:
     if len(body) >= BIG_BODY:
-        return await asyncio.to_thread(signed_headers, url, body, credentials, region, headers)
-    return signed_headers(url, body, credentials, region, headers)
+        return await asyncio.to_thread(signed_headers, url, body, credentials, region, headers, "PUT", host)
+    return signed_headers(url, body, credentials, region, headers, host=host)
 
 
 def error_code(body: bytes) -> tuple[str, str]:

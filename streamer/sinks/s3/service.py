@@ -225,13 +225,16 @@ class S3Sink:
                 started = time.monotonic()
                 credentials = await self._credentials(target)
                 url = object_url(target.base_url, d.object_key)
-                headers = await signed_headers_async(url, d.message, credentials, target.region, target.headers)
                 # encoded=True: send the path exactly as signed, not re-quoted by yarl.
                 if len(d.message) < BIG_BODY:
-                    answer = await self._lean_pool(target.public_only).request(
-                        "PUT", url, headers, d.message, encoded=True)
+                    pool = self._lean_pool(target.public_only)
+                    # The Host the transport sends is the one signed, by construction.
+                    headers = signed_headers(url, d.message, credentials, target.region, target.headers,
+                                             host=pool.authority(url, encoded=True))
+                    answer = await pool.request("PUT", url, headers, d.message, encoded=True)
                     outcome = classify(answer.status, answer.body)
                 else:
+                    headers = await signed_headers_async(url, d.message, credentials, target.region, target.headers)
                     async with session.put(URL(url, encoded=True), data=d.message, headers=headers,
                                            allow_redirects=False) as resp:
                         outcome = classify(resp.status, await resp.read())
