@@ -243,3 +243,20 @@ async def test_the_deadline_runs_from_when_a_lingering_group_goes():
     e = engine(sink, produced, linger_s=0.2, deadline_s=0.3)
     await asyncio.gather(e.process([delivery("hang", "h1")]), e.process([delivery("hang", "h2")]))
     assert sink.calls == ["hang"] and sorted(h["eid"] for t, _, h in produced if t == "retry") == [b"h1", b"h2"]
+
+
+async def test_the_open_breakers_gauge_follows_breakers_that_open_and_close():
+    from streamer import metrics
+
+    gauge = metrics.breakers_open.labels("http")
+    sink = ScriptedSink({"down": [Outcome(False, True, "HTTP 503")], "ok": []})
+    e = engine(sink, [], inline_retries=0, breaker_failures=1, breaker_reset_s=0.05)
+    await e.process([delivery("down", "d1"), delivery("ok", "o1")])
+    await e.process([delivery("ok", "o2")])  # the gauge is set as a batch starts
+    assert gauge._value.get() == 1
+    await e.process([delivery("ok", "o3")])  # nothing opened or closed: the same
+    assert gauge._value.get() == 1
+    await asyncio.sleep(0.1)
+    await e.process([delivery("down", "d2")])  # the trial passes: closed
+    await e.process([delivery("ok", "o4")])
+    assert gauge._value.get() == 0

@@ -131,6 +131,9 @@ class DeliveryEngine:
     # A destination's JSON as its delivery records carry it -> parsed, so a group does not
     # parse it again (it was 2.6% of a REST worker's samples). Sinks never change the dict.
     _parsed: dict[bytes, dict] = field(default_factory=dict)
+    # Counting the open breakers walks every destination's: done again only after one opened
+    # or closed (the walk per batch was 1.8% of a REST worker's samples with 2,065 destinations).
+    _breakers_changed: bool = True
 
     def __post_init__(self) -> None:
         if self.produce_durably is None:
@@ -223,7 +226,7 @@ class DeliveryEngine:
                 await task
             except asyncio.CancelledError:
                 pass
-            self.breakers[dest_id].record(False, self.cfg.breaker_failures)
+            self._record(self.breakers[dest_id], False)
             await self._past_deadline(dest_id, items)
         for task in done:
             task.result()  # a bug here must surface, not vanish
@@ -296,7 +299,7 @@ class DeliveryEngine:
             self._delivered.inc(delivered)
             self.observer.attempted(dest_id, self.destination_type, pending[0].workspace_id, delivered,
                                     [o.error for o in outcomes if not o.ok], [o.status for o in outcomes if not o.ok])
-            breaker.record(len(retry) < len(pending) or not pending, self.cfg.breaker_failures)
+            self._record(breaker, len(retry) < len(pending) or not pending)
             if not retry:
                 return
             log.warning("delivery to %s failed: %s", dest_id, retry[0][1].error,
@@ -401,6 +404,15 @@ class DeliveryEngine:
                 del self._parsed[next(iter(self._parsed))]  # the oldest; a miss only costs a parse
         return parsed
 
+    def _record(self, breaker: Breaker, ok: bool) -> None:
+        was_open = breaker.is_open
+        breaker.record(ok, self.cfg.breaker_failures)
+        if breaker.is_open != was_open:
+            self._breakers_changed = True
+
     def _export_breakers(self) -> None:
+        if not self._breakers_changed:
+            return
+        self._breakers_changed = False
         metrics.breakers_open.labels(self.destination_type).set(sum(1 for b in self.breakers.values() if b.is_open))
 
