@@ -269,7 +269,9 @@ class DeliveryEngine:
                 d.attempts += 1
             await self._park(items, "circuit breaker open", None)
             return
-        limit = self.limits.setdefault(dest_id, asyncio.Semaphore(self.cfg.destination_concurrency))
+        limit = self.limits.get(dest_id)
+        if limit is None:  # not setdefault: that would build a semaphore for every group
+            limit = self.limits[dest_id] = asyncio.Semaphore(self.cfg.destination_concurrency)
         pending = items
         attempt = 0
         while True:
