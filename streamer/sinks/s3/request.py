@@ -175,10 +175,10 @@ BIG_BODY = 1 << 20
 
 
 async def signed_headers_async(url: str, body: bytes, credentials: Any, region: str,
-                               headers: dict[str, str] = _PLAIN, host: str | None = None) -> dict[str, str]:
+                               headers: dict[str, str] = _PLAIN) -> dict[str, str]:
     if len(body) >= BIG_BODY:
-        return await asyncio.to_thread(signed_headers, url, body, credentials, region, headers, "PUT", host)
-    return signed_headers(url, body, credentials, region, headers, host=host)
+        return await asyncio.to_thread(signed_headers, url, body, credentials, region, headers)
+    return signed_headers(url, body, credentials, region, headers)
 
 
 def error_code(body: bytes) -> tuple[str, str]:
