@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="partners streaming partner-wide (default 10 of 50); the other partners' workspaces "
                              "have their own destination half of the time")
     parser.add_argument("--quick", action="store_true", help="1 run, fewer events, shorter latency run")
-    parser.add_argument("--skip", action="append", default=[], choices=["baseline", "rest", "latency", "s3"],
+    parser.add_argument("--skip", action="append", default=[], choices=["baseline", "floor", "rest", "latency", "s3"],
                         help="leave a phase out (repeatable; skipping rest skips latency too)")
     parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the workers, e.g. STREAMER_BATCH_MAX=1000 (repeatable)")

@@ -9,13 +9,16 @@ loopback ports, and a Datadog-style receiver in this process. Each run then gets
 2. baseline: an aiokafka consumer/producer pair copies those N records to an output topic
    (batches of 500, acks=all, linger 5 ms, commits every second: what the worker does, minus
    the processing);
-3. REST: starts `streamer worker` subprocess(es); the clock runs from the moment a worker
+3. floor: `streamer/benchmark/floor.py` in the worker's place: the same Faust application
+   copies the records to a second topic and acks them there, with none of streamer's work:
+   the part of the worker's CPU per event that Faust, aiokafka and the batching take;
+4. REST: starts `streamer worker` subprocess(es); the clock runs from the moment a worker
    reports its first consumed record (/metrics polled every 20 ms) to the moment the
    receiver has every event: N / that time is the pipeline's events/s (startup excluded);
    CPU time per event is the worker's utime+stime over the same span;
-4. latency: the same warm worker, events offered at a fixed rate; each carries its send time,
+5. latency: the same warm worker, events offered at a fixed rate; each carries its send time,
    the receiver takes p50/p99 of arrival - send;
-5. S3: fresh topics, every workspace under S3 partner-wide configurations (one aiobotocore
+6. S3: fresh topics, every workspace under S3 partner-wide configurations (one aiobotocore
    client per destination), a new worker, events/s until its /metrics count every delivery
    to moto as done.
 
@@ -25,6 +28,7 @@ Peak RSS is the worker's VmHWM (its whole life, startup and settings included).
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import statistics
 import tempfile
@@ -42,6 +46,7 @@ from streamer import topics as T
 from streamer.benchmark import loop, workload
 from streamer.benchmark.procstat import cpu_seconds, status_kb
 from streamer.kafka_client import client_kwargs
+from streamer.benchmark.floor import TOPIC as FLOOR_TOPIC
 from streamer.benchmark.receiver import Receiver
 from streamer.benchmark.s3standin import S3StandIn
 from streamer.config import parse_keyring
@@ -148,6 +153,12 @@ async def _main(opts: Options, bootstrap: str, s3: str, root: Path) -> dict[str,
                     print(f"  {name.replace('_', ' ')} passthrough: {out[name]['events_per_s']:,.0f} events/s, "
                           f"{out[name]['cpu_us_per_event']:,.0f} µs CPU/event (broker "
                           f"{out[name]['broker_cpu_us_per_event']:,.0f})", flush=True)
+            if "floor" not in opts.skip:
+                out["floor"] = await _floor(opts, base_env(prefix, root / f"run{run}-floor"), opts.events,
+                                            root / f"run{run}-floor")
+                print(f"  framework floor (two hops, no work): {out['floor']['events_per_s']:,.0f} events/s, "
+                      f"{out['floor']['cpu_us_per_event']:,.0f} µs CPU/event (broker "
+                      f"{out['floor']['broker_cpu_us_per_event']:,.0f})", flush=True)
             if "rest" not in opts.skip:
                 out.update(await _rest(opts, receiver, base_env(prefix, root / f"run{run}"), bootstrap, prefix,
                                        rest_settings, events, root / f"run{run}"))
@@ -183,8 +194,8 @@ async def _topics(bootstrap: str, prefix: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_kwargs())
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(prefix + "bench.passthrough", 6, 1,
-                                            topic_configs={"max.message.bytes": str(50 * 1024 * 1024)})])
+        await admin.create_topics([NewTopic(prefix + name, 6, 1, topic_configs={"max.message.bytes": str(50 * 1024 * 1024)})
+                                   for name in ("bench.passthrough", FLOOR_TOPIC)])
     finally:
         await admin.close()
 
@@ -274,13 +285,14 @@ async def _passthrough(bootstrap: str, prefix: str, n: int, timeout: float = 300
 # -- workers ----------------------------------------------------------------------------------
 
 class Workers:
-    def __init__(self, env: dict[str, str], workdir: Path, count: int, profile_to: Path | None = None):
+    def __init__(self, env: dict[str, str], workdir: Path, count: int, profile_to: Path | None = None,
+                 argv: list[str] | None = None):
         from streamer.dev.harness import WorkerProcess
 
-        self.procs = [WorkerProcess(env, workdir / f"worker{i}") for i in range(count)]
+        argv = argv or ["-m", "streamer", "worker"]
+        self.procs = [WorkerProcess(env, workdir / f"worker{i}", argv) for i in range(count)]
         if profile_to is not None:  # the first worker runs under cProfile, its stats written at exit
-            self.procs[0].argv = ["-m", "cProfile", "-o", str(profile_to), "-m", "streamer", "worker"]
-            self.procs[0].start = lambda w=self.procs[0]: _start_with(w)
+            self.procs[0].argv = ["-m", "cProfile", "-o", str(profile_to), *argv]
         self._http: aiohttp.ClientSession | None = None
 
     async def start(self, timeout: float = 120) -> None:
@@ -324,6 +336,16 @@ class Workers:
             await asyncio.sleep(0.02)
         raise RuntimeError("no worker consumed anything:\n" + self.procs[0].log()[-4000:])
 
+    async def floor_counts(self) -> tuple[int, int]:
+        """Records copied and drained by framework-floor workers (streamer/benchmark/floor.py)."""
+        copied = drained = 0
+        for w in self.procs:
+            status, text = await self._get(w, "/floor")
+            if status == 200:
+                counts = json.loads(text)
+                copied, drained = copied + counts["copied"], drained + counts["drained"]
+        return copied, drained
+
     def problems(self, limit: int = 5) -> dict[str, Any]:
         """Warnings and errors the workers logged: a run with failed deliveries is suspect."""
         lines = [line for w in self.procs for line in w.log().splitlines()
@@ -342,18 +364,33 @@ class Workers:
             await self._http.close()
 
 
-def _start_with(w) -> None:
-    """WorkerProcess.start, with other interpreter arguments (for --profile-worker)."""
-    import subprocess
-    import sys
-
-    w.workdir.mkdir(parents=True, exist_ok=True)
-    w._log = open(w.log_path, "ab")
-    w.proc = subprocess.Popen([sys.executable, *w.argv], env=w.env, stdout=w._log, stderr=subprocess.STDOUT,
-                              cwd=w.workdir, start_new_session=True)
-
-
 # -- phases -----------------------------------------------------------------------------------
+
+async def _floor(opts: Options, env: dict[str, str], n: int, workdir: Path) -> dict[str, Any]:
+    """The framework floor on the run's records; timed as the REST phase is, from the first
+    record a worker took to the last one drained."""
+    workers = Workers(env, workdir, opts.workers, argv=["-m", "streamer.benchmark.floor"])
+    try:
+        await workers.start()
+        t0 = None
+        cpu0 = broker0 = 0.0
+        drained = 0
+        deadline = time.monotonic() + max(120.0, n / 200)
+        while drained < n and time.monotonic() < deadline:
+            copied, drained = await workers.floor_counts()
+            if t0 is None and copied > 0:
+                t0 = time.perf_counter() - 0.01  # half the polling period
+                cpu0, broker0 = workers.cpu(), _broker_cpu()
+            await asyncio.sleep(0.02)
+        t1 = time.perf_counter()
+        cpu, broker = workers.cpu() - cpu0, _broker_cpu() - broker0
+        if drained < n or t0 is None:
+            raise RuntimeError(f"floor: {drained} of {n} drained; worker log:\n{workers.procs[0].log()[-4000:]}")
+    finally:
+        await workers.stop()
+    return {"events": n, "seconds": t1 - t0, "events_per_s": n / (t1 - t0), "cpu_us_per_event": cpu / n * 1e6,
+            "broker_cpu_us_per_event": broker / n * 1e6, "worker_problems": workers.problems()}
+
 
 async def _rest(opts: Options, receiver: Receiver, env: dict[str, str], bootstrap: str, prefix: str,
                 settings: workload.Settings, events: list, workdir: Path) -> dict[str, Any]:
@@ -559,6 +596,9 @@ def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "pipelined_events_per_s": med(("baseline_pipelined", "events_per_s")),
         "pipelined_cpu_us_per_event": med(("baseline_pipelined", "cpu_us_per_event")),
         "pipelined_broker_cpu_us_per_event": med(("baseline_pipelined", "broker_cpu_us_per_event")),
+        "floor_events_per_s": med(("floor", "events_per_s")),
+        "floor_cpu_us_per_event": med(("floor", "cpu_us_per_event")),
+        "floor_broker_cpu_us_per_event": med(("floor", "broker_cpu_us_per_event")),
         "rest_events_per_s": med(("rest", "events_per_s")),
         "rest_cpu_us_per_event": med(("rest", "cpu_us_per_event")),
         "rest_broker_cpu_us_per_event": med(("rest", "broker_cpu_us_per_event")),
@@ -582,6 +622,9 @@ def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ratios = [r["rest"]["events_per_s"] / r["baseline_pipelined"]["events_per_s"]
               for r in runs if "rest" in r and "baseline_pipelined" in r]
     m["rest_to_pipelined"] = statistics.median(ratios) if ratios else None
+    ratios = [r["floor"]["events_per_s"] / r["baseline"]["events_per_s"]
+              for r in runs if "floor" in r and "baseline" in r]
+    m["floor_to_baseline"] = statistics.median(ratios) if ratios else None
     return m
 
 
@@ -596,6 +639,9 @@ def report(result: dict[str, Any]) -> str:
         f"{f(m['baseline_cpu_us_per_event'], '.0f')} µs CPU/event (broker {f(m.get('baseline_broker_cpu_us_per_event'), '.0f')})",
         f"  pipelined passthrough           {f(m['pipelined_events_per_s'], ',.0f'):>8} events/s   "
         f"{f(m['pipelined_cpu_us_per_event'], '.0f')} µs CPU/event (broker {f(m.get('pipelined_broker_cpu_us_per_event'), '.0f')})",
+        f"  framework floor (no work)       {f(m.get('floor_events_per_s'), ',.0f'):>8} events/s   "
+        f"{f(m.get('floor_cpu_us_per_event'), '.0f')} µs CPU/event (broker {f(m.get('floor_broker_cpu_us_per_event'), '.0f')}); "
+        f"/ baseline {f(m.get('floor_to_baseline') and m['floor_to_baseline'] * 100, '.0f')}%",
         f"  REST pipeline (Datadog batches) {f(m['rest_events_per_s'], ',.0f'):>8} events/s   "
         f"{f(m['rest_cpu_us_per_event'], '.0f')} µs CPU/event (broker {f(m.get('rest_broker_cpu_us_per_event'), '.0f')}, "
         f"receiver {f(m.get('rest_receiver_cpu_us_per_event'), '.0f')}), {f(m['rest_items_per_request'], '.1f')} items/request",

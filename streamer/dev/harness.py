@@ -42,7 +42,8 @@ def worker_env(bootstrap: str, s3: str, prefix: str, tmp: Path) -> dict[str, str
 class WorkerProcess:
     """A real `streamer worker` subprocess, as an SRE would run it."""
 
-    def __init__(self, env: dict[str, str], workdir: Path):
+    def __init__(self, env: dict[str, str], workdir: Path, argv: list[str] | None = None):
+        self.argv = argv or ["-m", "streamer", "worker"]  # the interpreter's arguments
         self.env = {**os.environ, **env}
         self.port = free_port()
         self.env["STREAMER_WEB_PORT"] = str(self.port)
@@ -54,7 +55,7 @@ class WorkerProcess:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "streamer", "worker"], env=self.env,
+        self.proc = subprocess.Popen([sys.executable, *self.argv], env=self.env,
                                      stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir,
                                      start_new_session=True)
 
