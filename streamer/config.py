@@ -87,6 +87,13 @@ class Config(BaseSettings):
         "a batch also ends at this many value bytes (40 MB events come one at a time)"))
     queue_max_bytes: int = Field(64 * MiB, ge=1, description=(
         "an agent's queue of fetched events is full at this many value bytes (Faust bounds it only by count)"))
+    fetch_min_bytes: int = Field(64 * 1024, ge=1, description=(
+        "the broker answers a worker's fetch once it has this many bytes for it, or after "
+        "`STREAMER_FETCH_MAX_WAIT_MS`: fuller fetches moved 24% more events a second than aiokafka's 1 byte "
+        "(docs/performance.md, Ninth round)"))
+    fetch_max_wait_ms: int = Field(100, ge=0, le=10_000, description=(
+        "… and at most this long: what a record waits on each of its two hops when traffic is too light to "
+        "fill a fetch; an idle worker fetches this often"))
     produce_max_inflight_bytes: int = Field(64 * MiB, ge=MiB, description=(
         "bytes handed to the producer and not yet acked; keeps every produce request under the broker's "
         "`socket.request.max.bytes`"))

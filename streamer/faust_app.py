@@ -20,6 +20,8 @@ BIG = 52 * 1024 * 1024
 
 def new_app(cfg: Config, app_id: str | None = None) -> App:
     App.queue_max_bytes = cfg.queue_max_bytes
+    App.fetch_min_bytes = cfg.fetch_min_bytes
+    App.fetch_max_wait_ms = cfg.fetch_max_wait_ms
     return App(
         app_id or cfg.app_id,
         broker=f"kafka://{cfg.bootstrap_servers}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+import uuid
 
 import faust
 import pytest
@@ -294,3 +295,21 @@ async def test_raw_schema_gives_the_events_the_raw_codec_gives():
         assert type(b) is type(a)
     with pytest.raises(TypeError):  # a typed topic needs Faust's decoding
         app.topic("typed", schema=RawSchema(), value_type=dict)
+
+
+async def test_the_workers_consumer_waits_for_fuller_fetches(kafka):
+    """Faust builds its aiokafka consumer with fetch_min_bytes=1 and offers no setting;
+    `ConsumerThread` sets the app's values, which aiokafka hands to its fetcher at start."""
+    saved = App.fetch_min_bytes, App.fetch_max_wait_ms
+    App.fetch_min_bytes, App.fetch_max_wait_ms = 65536, 100
+    try:
+        app = App(f"fetch-{uuid.uuid4().hex[:8]}", broker=f"kafka://{kafka}")
+        consumer = app.consumer
+        aio = consumer._thread._create_worker_consumer(consumer.transport)
+    finally:
+        App.fetch_min_bytes, App.fetch_max_wait_ms = saved
+    await aio.start()
+    try:
+        assert (aio._fetcher._fetch_min_bytes, aio._fetcher._fetch_max_wait_ms) == (65536, 100)
+    finally:
+        await aio.stop()
