@@ -91,7 +91,7 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     so each fetch brought a few records, and each went through the consumer thread, the
     conductor and a batch of its own. With `App.fetch_min_bytes` (64 KiB by default) the
     broker gathers a fuller response, waiting at most `App.fetch_max_wait_ms`: one worker
-    moved 24% more events a second (docs/performance.md, Ninth round). Faust has no setting
+    moved 39% more events a second (docs/performance.md, Ninth round). Faust has no setting
     for either, so both are set on the consumer before it starts, which is when aiokafka
     hands them to its fetcher (tests/test_batching.py pins that).
     """
