@@ -6,14 +6,13 @@ flow suspension with `Service.wait_first` (four new tasks a message), and `noack
 pushed every event through the stream's processor chain and a buffer handshake. Both are
 per-message costs paid on both hops (raw topics, then delivery topics).
 
-Small, contained replacements keep every Faust guarantee the agents rely on (group
+Two small, contained replacements keep every Faust guarantee the agents rely on (group
 membership, rebalances, flow control, acks and commits) and drop that per-message cost:
 
 * `Consumer.wait_first` takes a fast path for the one call the fetch loop makes per message.
 * `batches()` takes events straight from the agent's subscription queue in bulk.
 * `RawSchema` turns a record into an event without Faust's codec registry: every topic
   the worker reads carries bytes it parses itself.
-* `Conductor` hands each message to its agent without an asyncio lock round trip.
 
 On top of those, `overlapped()` lets an agent work on more than one batch at a time,
 acking in offset order (`streamer.acks`).
@@ -29,7 +28,6 @@ import time
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import faust
-from faust.transport import conductor as faust_conductor
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 from mode.utils.queues import ThrowableQueue
@@ -175,35 +173,7 @@ class Producer(faust_aiokafka.Producer):
         return IdempotentProducer
 
 
-class Conductor(faust_conductor.Conductor):
-    """Faust's conductor, without an asyncio lock round trip for every message.
-
-    Faust's per-message callback takes `_tp_to_callback_lock` to read the map from
-    topic-partition to handler. The map is rebuilt under that lock (`_update_indices`
-    clears it and awaits before filling it again), so a message must wait while the lock
-    is held; when it is not held, nothing can run between the check and the read, and the
-    map is whole. So the lock is taken only when it is held, exactly as before, and every
-    other message skips an acquire and a release: about a tenth of the framework floor's CPU
-    per event (docs/performance.md, Ninth round).
-    """
-
-    def _compile_message_handler(self) -> Any:
-        with_lock = super()._compile_message_handler()
-        if self.app.client_only:
-            return with_lock
-        lock = self._tp_to_callback_lock
-        handler_for = self._tp_to_callback.__getitem__  # the map is updated in place, never replaced
-
-        async def on_message(message: Any) -> None:
-            if lock.locked():
-                return await with_lock(message)
-            return await handler_for(message.tp)(message)
-
-        return on_message
-
-
 class Transport(faust_aiokafka.Transport):
-    Conductor = Conductor
     Consumer = Consumer
     Producer = Producer
 

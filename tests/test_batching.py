@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import sys
 import time
 import uuid
-from types import SimpleNamespace
 
 import faust
 import pytest
 from faust.transport import consumer as faust_consumer
 from mode.utils.queues import FlowControlEvent, ThrowableQueue
 
-from faust.types import TP
-
-from streamer.batching import App, Conductor, Consumer, batches, overlapped
+from streamer.batching import App, Consumer, batches, overlapped
 
 
 class FakeStream:
@@ -317,43 +313,3 @@ async def test_the_workers_consumer_waits_for_fuller_fetches(kafka):
         assert (aio._fetcher._fetch_min_bytes, aio._fetcher._fetch_max_wait_ms) == (65536, 100)
     finally:
         await aio.stop()
-
-
-async def test_the_conductor_waits_for_its_lock_only_while_the_handlers_are_rebuilt():
-    """`Conductor` skips Faust's per-message lock unless it is held; while it is held (the
-    map of handlers is being rebuilt, possibly empty), a message waits for it as before."""
-    app = App(f"conductor-{uuid.uuid4().hex[:8]}", broker="kafka://127.0.0.1:9")
-    conductor = app.topics
-    assert isinstance(conductor, Conductor)
-    handled = []
-
-    async def handler(message):
-        handled.append(message.tp)
-
-    tp = TP("t", 0)
-    message = SimpleNamespace(tp=tp)
-    conductor._tp_to_callback[tp] = handler
-    await conductor.on_message(message)
-    assert handled == [tp]
-
-    await conductor._tp_to_callback_lock.acquire()
-    conductor._tp_to_callback.clear()  # as `_update_indices` does, holding the lock
-    waiting = asyncio.create_task(conductor.on_message(message))
-    await asyncio.sleep(0.05)
-    assert not waiting.done(), "a message must wait while the handlers are rebuilt"
-    conductor._tp_to_callback[tp] = handler
-    conductor._tp_to_callback_lock.release()
-    await asyncio.wait_for(waiting, 5)
-    assert handled == [tp, tp]
-
-
-def test_faust_rebuilds_the_handlers_in_place_under_the_lock():
-    """What `Conductor` relies on: the map is only rebuilt holding the lock, and updated in
-    place (the fast path holds the map's own `__getitem__`)."""
-    from faust.transport.conductor import Conductor as FaustConductor
-
-    rebuild = inspect.getsource(FaustConductor._update_indices)
-    assert "async with self._tp_to_callback_lock:" in rebuild and "self._tp_to_callback.clear()" in rebuild
-    assert "self._tp_to_callback.update(" in inspect.getsource(FaustConductor._update_callback_map)
-    everything = inspect.getsource(sys.modules[FaustConductor.__module__])
-    assert everything.count("self._tp_to_callback =") == 1  # set once, in __init__
